@@ -1,3 +1,5 @@
 """Callbacks: metric evaluators, image and manifest writers."""
 
-__all__: list[str] = []
+from lightning_cat.callbacks.latent_distortion import LatentDistortionCallback
+
+__all__ = ["LatentDistortionCallback"]
