@@ -33,6 +33,7 @@ from lightning_cat.metrics.latent_distortion import LatentDistortion
 __all__ = [
     "FidelityRow",
     "Protection",
+    "checkerboard",
     "fidelity_study",
     "format_fidelity_table",
     "quantize_within_budget",
@@ -70,6 +71,12 @@ def sign_noise(images: torch.Tensor, eps_255: float, generator: torch.Generator 
     eps = 2.0 * eps_255 / 255.0
     signs = torch.randint(0, 2, images.shape, generator=generator).float() * 2.0 - 1.0
     return quantize_within_budget(images + eps * signs.to(images), images, eps_255)
+
+
+def checkerboard(resolution: int, cell: int = 4) -> torch.Tensor:
+    """A black-and-white checkerboard ``[3, R, R]`` in ``[-1, 1]``: the attack's default target texture."""
+    rows, cols = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
+    return (((rows // cell + cols // cell) % 2).float() * 2 - 1).expand(3, resolution, resolution).clone()
 
 
 def target_latent_encoder_attack(

@@ -96,7 +96,7 @@ def train_cat_adapter(
         adapter_variant, rank, alpha, init: see :func:`lightning_cat.diffusion.cat.cat_lora_config`.
         steps, batch_size, learning_rate, weight_decay, lr_scheduler, max_grad_norm: optimisation.
         loss: the objective (default: squared error, the released CAT objective).
-        seed: seed of batch order and latent noise.
+        seed: seed of the LoRA init, the batch order and the latent noise.
         progress: show a progress bar.
 
     Returns:
@@ -107,7 +107,9 @@ def train_cat_adapter(
     if batch_size < 1:
         raise ValueError(f"train_cat_adapter: batch_size must be >= 1, got {batch_size}")
     loss = loss if loss is not None else CATLoss("mse")
-    model = add_cat_adapter(vae, cat_lora_config(adapter_variant, rank=rank, alpha=alpha, init=init))
+    with torch.random.fork_rng(devices=[]):  # seeded LoRA init, global RNG left as it was
+        torch.manual_seed(seed)
+        model = add_cat_adapter(vae, cat_lora_config(adapter_variant, rank=rank, alpha=alpha, init=init))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = cat_optimizer(
