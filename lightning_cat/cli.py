@@ -58,9 +58,13 @@ class LightningCatCLI(LightningCLI):
 
 
 def main(args: Sequence[str] | None = None) -> LightningCatCLI | None:
-    """Entry point of ``lightning-cat`` and ``python -m lightning_cat``."""
+    """Entry point of ``lightning-cat`` and ``python -m lightning_cat``.
+
+    Returns the CLI (trainer, model, datamodule) when called with ``args``; from the command line
+    (``args=None``) it returns None, since the console script passes the result to ``sys.exit``.
+    """
     _register_classes()
-    return LightningCatCLI(
+    cli = LightningCatCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -68,3 +72,4 @@ def main(args: Sequence[str] | None = None) -> LightningCatCLI | None:
         seed_everything_default=0,
         args=None if args is None else list(args),
     )
+    return cli if args is not None else None
