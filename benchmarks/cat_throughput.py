@@ -48,7 +48,8 @@ def run_plain(args) -> dict:
 
     torch.manual_seed(0)
     images = _images(args.batch_size, args.resolution, args.device)
-    model = add_cat_adapter(load_vae(args.model).to(args.device), cat_lora_config(args.variant, rank=args.rank)).train()
+    # frozen VAE in eval mode, LoRA layers in train mode: as under CATAdapterModule
+    model = add_cat_adapter(load_vae(args.model).eval().to(args.device), cat_lora_config(args.variant, rank=args.rank))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = cat_optimizer(trainable, args.warmup + args.steps)
     loss = CATLoss("mse")

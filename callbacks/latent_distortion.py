@@ -75,7 +75,18 @@ class LatentDistortionCallback(Callback):
         metrics = {"base": LatentDistortion(base)}
         if self.cat_adapter is not None:
             metrics["cat"] = LatentDistortion(load_cat_vae(name, self.cat_adapter, **weights), reference_vae=base)
-        self.metrics = torch.nn.ModuleDict(metrics).to(pl_module.device)
+        self.metrics = torch.nn.ModuleDict(metrics)
+
+    def _to_module_device(self, pl_module: LightningModule) -> None:
+        # At setup the module may not be on its device yet; by the start of the loop it is.
+        if self.metrics is not None:
+            self.metrics.to(pl_module.device)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._to_module_device(pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._to_module_device(pl_module)
 
     def _update(self, batch: dict[str, Any]) -> None:
         missing = [key for key in ("image", "clean") if key not in batch]

@@ -78,3 +78,21 @@ def test_bad_input():
     metric = LatentDistortion(load_vae("tiny"))
     with pytest.raises(ValueError, match="one shape"):
         metric.update(torch.zeros(2, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+
+
+def test_callback_asks_for_pairs(photos_dir, tmp_path):
+    from lightning.pytorch import Trainer
+
+    from lightning_cat.callbacks import LatentDistortionCallback
+    from lightning_cat.datamodules import ImageFolderDataModule
+    from lightning_cat.modules import CATAdapterModule
+
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[LatentDistortionCallback()],
+    )
+    with pytest.raises(KeyError, match="PairedImageDataModule"):
+        trainer.test(CATAdapterModule(rank=2), ImageFolderDataModule(str(photos_dir), resolution=64, batch_size=5))

@@ -107,10 +107,10 @@ def train_cat_adapter(
     if batch_size < 1:
         raise ValueError(f"train_cat_adapter: batch_size must be >= 1, got {batch_size}")
     loss = loss if loss is not None else CATLoss("mse")
+    vae.eval()  # frozen layers in eval mode, new LoRA layers in train mode, as under CATAdapterModule
     with torch.random.fork_rng(devices=[]):  # seeded LoRA init, global RNG left as it was
         torch.manual_seed(seed)
         model = add_cat_adapter(vae, cat_lora_config(adapter_variant, rank=rank, alpha=alpha, init=init))
-    model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = cat_optimizer(
         trainable, steps, learning_rate, weight_decay=weight_decay, lr_scheduler=lr_scheduler
