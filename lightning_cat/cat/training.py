@@ -120,8 +120,8 @@ def train_cat_adapter(
         latent_shape = model.encode(images[:1]).latent_dist.mean.shape[1:]
     order: list[int] = []
     for step in tqdm(range(steps), desc=f"CAT {adapter_variant}", disable=not progress):
-        if len(order) < batch_size:
-            order += torch.randperm(images.shape[0], generator=generator).tolist() * max(1, batch_size)
+        while len(order) < batch_size:
+            order += torch.randperm(images.shape[0], generator=generator).tolist()
         indices, order = order[:batch_size], order[batch_size:]
         noise = per_image_noise(latent_shape, indices, seed, step).to(images.device)
         output = loss(model, images[indices], noise)
