@@ -4,6 +4,7 @@ peft bit-exactly, clipping clips, precision, clean images unused, bad options fa
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -64,6 +65,9 @@ def test_fit_trains_only_lora_and_exports_a_peft_adapter(two_photos, tmp_path):
     print(f"CAT loss on the fixed protected batch: {loss_before:.5f} -> {loss_after:.5f} after 12 steps")
     assert loss_after < 0.95 * loss_before
 
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o777 & ~umask
     reloaded = PeftModel.from_pretrained(load_vae("tiny"), tmp_path / "adapter")
     saved = {n: p for n, p in module.vae.named_parameters() if "lora_" in n}
     loaded = {n: p for n, p in reloaded.named_parameters() if "lora_" in n}
