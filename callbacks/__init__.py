@@ -2,16 +2,10 @@
 
 from lightning_cat.callbacks.evaluator import MetricEvaluator
 from lightning_cat.callbacks.generated_image_evaluator import GeneratedImageEvaluator
+from lightning_cat.callbacks.latent_distortion import LatentDistortionCallback
 from lightning_cat.callbacks.protected_image_evaluator import ProtectedImageEvaluator
 from lightning_cat.callbacks.protected_image_writer import ProtectedImageWriter
 from lightning_cat.callbacks.purified_set_writer import PurifiedSetWriter
 from lightning_cat.callbacks.sample_writer import SampleWriter
 
-__all__ = [
-    "GeneratedImageEvaluator",
-    "MetricEvaluator",
-    "ProtectedImageEvaluator",
-    "ProtectedImageWriter",
-    "PurifiedSetWriter",
-    "SampleWriter",
-]
+__all__ = ["GeneratedImageEvaluator", "LatentDistortionCallback", "MetricEvaluator", "ProtectedImageEvaluator", "ProtectedImageWriter", "PurifiedSetWriter", "SampleWriter"]

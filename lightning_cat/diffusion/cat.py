@@ -97,6 +97,9 @@ def save_cat_adapter(peft_vae: PeftModel, directory: str | os.PathLike) -> Path:
         raise FileExistsError(f"CAT adapter folder '{target}' already exists and is not empty")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); give it a normal folder's mode
     try:
         peft_vae.save_pretrained(staging, safe_serialization=True)
         if target.exists():

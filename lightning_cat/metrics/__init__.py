@@ -12,6 +12,7 @@ from lightning_cat.metrics.feature_extractors import (
     load_inception,
     module_identity,
 )
+from lightning_cat.metrics.latent_distortion import LatentDistortion
 from lightning_cat.metrics.fid import FID, default_statistics_cache, reference_cache_key
 from lightning_cat.metrics.folders import iter_image_batches
 from lightning_cat.metrics.similarity import PSNR, SSIM, LPIPSDistance, per_image_psnr
@@ -36,6 +37,7 @@ __all__ = [
     "InceptionFeatures",
     "MTCNNDetector",
     "LPIPSDistance",
+    "LatentDistortion",
     "RandomFeatureExtractor",
     "antonym_probabilities",
     "brisque_features",

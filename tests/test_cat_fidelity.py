@@ -1,0 +1,140 @@
+"""CAT fidelity: the protection distorts latents beyond noise, and, on the testbed VAE, CAT undoes
+the protection's damage beyond what fitting the VAE to the images does (the noise-trained control).
+
+The testbed (tests/data/testbed) is built by benchmarks/testbed/make_testbed.py. Every measured
+number is printed in the test output; the thresholds are the issue's (CONTROL_MARGIN, "clearly
+more than the control", was fixed before the testbed was measured).
+
+Two claims do NOT hold on this testbed and are marked ``xfail(strict=True)``, so they run on every
+CI build and turn into failures the day they hold (then remove the marker): the protection raises
+the testbed VAE's reconstruction error about 1.5x, not 2x (the tiny VAE reproduces the
+perturbation instead of amplifying it, unlike Stable Diffusion's), and CAT's gain there is mostly
+what fitting the VAE to the five images gives (the noise-trained control closes nearly as much).
+The measured tables are in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_cat.cat.fidelity import (
+    checkerboard,
+    fidelity_study,
+    format_fidelity_table,
+    sign_noise,
+    target_latent_encoder_attack,
+    uniform_noise,
+)
+from lightning_cat.datamodules import ImageFolderDataset
+from lightning_cat.diffusion import load_vae
+from lightning_cat.images import ImageTransform
+from lightning_cat.metrics import LatentDistortion
+
+TESTBED = Path(__file__).parent / "data" / "testbed"
+RESOLUTION = 64
+#: CAT on the testbed: small adapters, short training (the tiny VAE has 16-64 channels).
+CAT_OPTIONS = {"rank": 4, "learning_rate": 5e-4, "steps": 150, "batch_size": 5}
+#: "Clearly more than the control": CAT must close at least this much more of the gap.
+CONTROL_MARGIN = 0.25
+
+
+def _images(folder) -> torch.Tensor:
+    dataset = ImageFolderDataset(folder, ImageTransform(resolution=RESOLUTION))
+    return torch.stack([dataset.load(i) for i in range(len(dataset))])
+
+
+def _latent_distortion(vae, protected, clean) -> float:
+    metric = LatentDistortion(vae)
+    metric.update(protected, clean)
+    return metric.compute()["latent_mse_relative"].item()
+
+
+def _show(capsys, text: str) -> None:
+    with capsys.disabled():  # measured numbers belong in the CI log, pass or fail
+        print(text)
+
+
+def test_protection_distorts_tiny_latents_far_beyond_noise(tiny_model_path, photos_dir, capsys):
+    vae = load_vae("tiny")
+    clean = _images(photos_dir)
+    generator = torch.Generator().manual_seed(0)
+    protected = target_latent_encoder_attack(vae, clean, checkerboard(RESOLUTION), eps_255=8, steps=30)
+    attack = _latent_distortion(vae, protected, clean)
+    uniform = _latent_distortion(vae, uniform_noise(clean, 8, generator), clean)
+    signs = _latent_distortion(vae, sign_noise(clean, 8, generator), clean)
+    _show(
+        capsys,
+        f"\n[fidelity] tiny VAE, 8/255: relative latent distortion of the encoder attack {attack:.4g}, "
+        f"uniform noise {uniform:.4g} ({attack / uniform:.1f}x), random +-eps {signs:.4g} ({attack / signs:.1f}x)",
+    )
+    assert (protected - clean).abs().max() <= 2 * 8 / 255 + 1e-6
+    assert attack >= 5 * uniform and attack >= 3 * signs
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return load_vae(str(TESTBED)).requires_grad_(False).eval(), _images(TESTBED / "clean")
+
+
+def test_testbed_vae_reconstructs_held_out_photos(testbed, capsys):
+    vae, clean = testbed
+    metric = LatentDistortion(vae)
+    metric.update(clean, clean)
+    psnr = metric.compute()["clean_recon_psnr"].item()
+    _show(capsys, f"\n[fidelity] testbed VAE: mean PSNR {psnr:.2f} dB on {len(clean)} held-out photographs")
+    assert psnr >= 22.0
+
+
+ATTACK = "encoder attack 16/255"
+
+
+def _attack(vae, images):
+    return target_latent_encoder_attack(vae, images, checkerboard(RESOLUTION), eps_255=16, steps=100)
+
+
+@pytest.mark.xfail(strict=True, reason="the encoder attack raises the testbed VAE's error ~1.5x, not 2x")
+def test_protection_damages_testbed_reconstructions_twofold(testbed, capsys):
+    vae, clean = testbed
+    protected = _attack(vae, clean)
+    metric = LatentDistortion(vae)
+    metric.update(protected, clean)
+    values = metric.compute()
+    against_clean = (values["recon_mse"] / values["clean_recon_mse"]).item()
+    against_self = (values["recon_mse_self"] / values["clean_recon_mse"]).item()
+    _show(
+        capsys,
+        f"\n[fidelity] testbed, encoder attack 16/255: relative latent distortion "
+        f"{values['latent_mse_relative'].item():.4f}; reconstruction error {against_clean:.2f}x the clean one "
+        f"against the clean images, {against_self:.2f}x against the protected images themselves",
+    )
+    assert (protected - clean).abs().max() <= 2 * 16 / 255 + 1e-6
+    assert values["recon_mse"] >= 2 * values["clean_recon_mse"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="on the testbed the noise-trained control closes nearly as much as CAT")
+def test_cat_undoes_the_protection_beyond_the_control(testbed, capsys):
+    """CAT both vs the noise-trained control; encoder-only and decoder-only reported beside it
+    (the paper's ordering, both > encoder > decoder, is reported, not asserted)."""
+    vae, clean = testbed
+    rows = fidelity_study(
+        vae,
+        clean,
+        {ATTACK: lambda model, images, generator: _attack(model, images)},
+        variants=("both", "encoder", "decoder"),
+        cat_options=CAT_OPTIONS,
+    )
+    _show(capsys, f"\n[fidelity] testbed study (CAT {CAT_OPTIONS}):\n{format_fidelity_table(rows)}")
+    rows = {row.name: row for row in rows}
+    cat = rows[f"CAT both on {ATTACK}"]
+    control = rows[f"control (CAT both on uniform noise) on {ATTACK}"]
+    _show(
+        capsys,
+        f"[fidelity] CAT both closes {100 * cat.gap_closed:.0f}% of the protection's reconstruction gap "
+        f"(against the clean images); the noise-trained control {100 * control.gap_closed:.0f}%",
+    )
+    assert cat.gap_closed >= 0.5
+    assert cat.gap_closed >= control.gap_closed + CONTROL_MARGIN

@@ -1,0 +1,98 @@
+"""LatentDistortion: equality with a direct computation, batching invariance, reference VAE, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_cat.diffusion import load_vae
+from lightning_cat.diffusion.cat import add_cat_adapter, cat_lora_config
+from lightning_cat.metrics import LatentDistortion
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(4, 3, 32, 32, generator=generator) * 2 - 1
+    protected = (clean + 0.1 * torch.randn(clean.shape, generator=generator)).clamp(-1, 1)
+    return protected, clean
+
+
+def _reference(vae, reference, protected, clean):
+    """Straight from METHODS.md §2, per image, without the metric's bookkeeping."""
+    with torch.no_grad():
+        mu_a, mu = vae.encode(protected).latent_dist.mean, vae.encode(clean).latent_dist.mean
+        mu_ref = reference.encode(clean).latent_dist.mean
+        rec_a = vae.decode(mu_a).sample.clamp(-1, 1)
+        rec = vae.decode(mu).sample.clamp(-1, 1)
+    psnr = lambda a, b: (10 * torch.log10(4 / (a - b).pow(2).mean(dim=(1, 2, 3)))).mean()  # noqa: E731
+    return {
+        "latent_mse": (mu_a - mu).pow(2).mean(),
+        "latent_mse_relative": (mu_a - mu).pow(2).mean() / mu.pow(2).mean(),
+        "latent_mse_vs_reference": (mu_a - mu_ref).pow(2).mean(),
+        "latent_mse_vs_reference_relative": (mu_a - mu_ref).pow(2).mean() / mu_ref.pow(2).mean(),
+        "recon_mse_self": (rec_a - protected).pow(2).mean(),
+        "recon_mse": (rec_a - clean).pow(2).mean(),
+        "clean_recon_mse": (rec - clean).pow(2).mean(),
+        "recon_gap": (rec_a - clean).pow(2).mean() - (rec - clean).pow(2).mean(),
+        "recon_psnr_self": psnr(rec_a, protected),
+        "recon_psnr": psnr(rec_a, clean),
+        "clean_recon_psnr": psnr(rec, clean),
+    }
+
+
+def test_matches_direct_computation_and_batching(pairs):
+    protected, clean = pairs
+    base = load_vae("tiny")
+    adapted = add_cat_adapter(load_vae("tiny"), cat_lora_config("encoder", rank=2))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    metric = LatentDistortion(adapted, reference_vae=base)
+    metric.update(protected[:1], clean[:1])
+    metric.update(protected[1:], clean[1:])
+    values = metric.compute()
+    expected = _reference(adapted, base, protected, clean)
+    assert values.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.allclose(values[key], value.float(), rtol=1e-4, atol=1e-7), key
+    assert values["latent_mse_vs_reference"] > values["latent_mse"] > 0  # the adapted encoder moved its latents
+    metric.reset()
+    metric.update(protected, clean)
+    assert torch.allclose(metric.compute()["recon_mse"], values["recon_mse"], rtol=1e-6)
+
+
+def test_clean_against_itself_and_without_reference(pairs):
+    _, clean = pairs
+    metric = LatentDistortion(load_vae("tiny"))
+    metric.update(clean, clean)
+    values = metric.compute()
+    assert values["latent_mse"] == 0 and values["latent_mse_vs_reference"] == 0 and values["recon_gap"] == 0
+    assert values["recon_mse"] == values["clean_recon_mse"] == values["recon_mse_self"] > 0
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="vae must be a VAE"):
+        LatentDistortion(torch.nn.Linear(2, 2))
+    metric = LatentDistortion(load_vae("tiny"))
+    with pytest.raises(ValueError, match="one shape"):
+        metric.update(torch.zeros(2, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+
+
+def test_callback_asks_for_pairs(photos_dir, tmp_path):
+    from lightning.pytorch import Trainer
+
+    from lightning_cat.callbacks import LatentDistortionCallback
+    from lightning_cat.datamodules import ImageFolderDataModule
+    from lightning_cat.modules import CATAdapterModule
+
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[LatentDistortionCallback()],
+    )
+    with pytest.raises(KeyError, match="PairedImageDataModule"):
+        trainer.test(CATAdapterModule(rank=2), ImageFolderDataModule(str(photos_dir), resolution=64, batch_size=5))
