@@ -8,4 +8,12 @@ from lightning_cat.callbacks.protected_image_writer import ProtectedImageWriter
 from lightning_cat.callbacks.purified_set_writer import PurifiedSetWriter
 from lightning_cat.callbacks.sample_writer import SampleWriter
 
-__all__ = ["GeneratedImageEvaluator", "LatentDistortionCallback", "MetricEvaluator", "ProtectedImageEvaluator", "ProtectedImageWriter", "PurifiedSetWriter", "SampleWriter"]
+__all__ = [
+    "GeneratedImageEvaluator",
+    "LatentDistortionCallback",
+    "MetricEvaluator",
+    "ProtectedImageEvaluator",
+    "ProtectedImageWriter",
+    "PurifiedSetWriter",
+    "SampleWriter",
+]

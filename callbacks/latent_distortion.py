@@ -1,8 +1,9 @@
 """LatentDistortionCallback: CAT's latent distortion of a clean/protected pair set, base vs CAT.
 
 Logs :class:`lightning_cat.metrics.LatentDistortion` for the base VAE and, when given, a CAT
-adapter folder, over the ``test`` (and ``validate``) batches of a ``PairedImageDataModule``
-(``batch["image"]`` protected, ``batch["clean"]`` clean). Keys are
+adapter folder, over the ``test`` (and ``validate``) steps whose outputs (or, when a step returns
+none, batches) hold pairs: ``image`` protected, ``clean`` clean, as a ``PairedImageDataModule``
+batch or ``EvaluationModule``'s flattened ``EvaluationDataModule`` batch gives. Keys are
 ``{stage}/{base|cat}/{metric}``, e.g. ``test/cat/latent_mse_relative``. The CAT VAE's distortion
 against the ORIGINAL encoder's clean latents is in ``.../latent_mse_vs_reference*``.
 
@@ -21,6 +22,7 @@ Under DDP every rank updates its own metric states; they are summed across ranks
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -42,10 +44,13 @@ class LatentDistortionCallback(Callback):
         cat_adapter: a CAT adapter folder (peft format) evaluated beside the base VAE (``None``: base only).
         revision: hub revision of the checkpoint.
         variant: weight variant of the checkpoint files.
+        keys: the values of :class:`~lightning_cat.metrics.LatentDistortion` to log (``None``: all).
 
     Raises:
-        ValueError: at setup, if no checkpoint is given and the module names none.
-        KeyError: at the first batch, if it lacks ``image`` or ``clean`` (use PairedImageDataModule).
+        ValueError: at construction, for an unknown key (naming the allowed ones); at setup, if no
+            checkpoint is given and the module names none.
+        KeyError: at the end of the epoch, if no step gave a clean/protected pair (use
+            PairedImageDataModule, or EvaluationDataModule with a ``protected_root``).
     """
 
     def __init__(
@@ -54,8 +59,15 @@ class LatentDistortionCallback(Callback):
         cat_adapter: str | None = None,
         revision: str | None = None,
         variant: str | None = None,
+        keys: list[str] | None = None,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(keys or ()) - set(LatentDistortion.KEYS))
+        if unknown:
+            raise ValueError(
+                f"LatentDistortionCallback: unknown keys {unknown}; choose from {list(LatentDistortion.KEYS)}"
+            )
+        self.keys = list(keys) if keys is not None else list(LatentDistortion.KEYS)
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.cat_adapter = cat_adapter
         self.revision = revision
@@ -88,25 +100,31 @@ class LatentDistortionCallback(Callback):
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._to_module_device(pl_module)
 
-    def _update(self, batch: dict[str, Any]) -> None:
-        missing = [key for key in ("image", "clean") if key not in batch]
-        if missing:
-            raise KeyError(
-                f"LatentDistortionCallback needs clean/protected pairs (batch keys 'image' and 'clean', as "
-                f"PairedImageDataModule gives); the batch lacks {missing}"
-            )
+    def _update(self, outputs: Any, batch: Any) -> None:
+        inputs = outputs if isinstance(outputs, Mapping) else batch
+        protected, clean = inputs.get("image"), inputs.get("clean")
+        if not isinstance(protected, torch.Tensor) or not isinstance(clean, torch.Tensor) or not len(protected):
+            return  # e.g. a generated-images-only step of EvaluationDataModule
         for metric in self.metrics.values():
-            metric.update(batch["image"].float(), batch["clean"].float())
+            metric.update(protected.float(), clean.float())
 
     def _log(self, pl_module: LightningModule, stage: str) -> None:
         for name, metric in self.metrics.items():
-            values = {f"{stage}/{name}/{key}": value for key, value in metric.compute().items()}
-            pl_module.log_dict(values, sync_dist=False)  # already reduced across ranks by torchmetrics
+            values = metric.compute()
+            # Computed values are reduced over ranks: with no pair anywhere every rank gets 0/0.
+            if values["recon_psnr"].isnan():
+                raise KeyError(
+                    "LatentDistortionCallback needs clean/protected pairs (step outputs or batches with 'image' "
+                    "and 'clean', as PairedImageDataModule, or EvaluationDataModule with a protected_root, gives); "
+                    "no step had them"
+                )
+            logged = {f"{stage}/{name}/{key}": values[key] for key in self.keys}
+            pl_module.log_dict(logged, sync_dist=False)  # already reduced across ranks by torchmetrics
             metric.reset()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.metrics is not None:
-            self._update(batch)
+            self._update(outputs, batch)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.metrics is not None:
@@ -115,7 +133,7 @@ class LatentDistortionCallback(Callback):
     # Only under `validate` (set up there): validation inside `fit` is not evaluated.
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.metrics is not None and not trainer.sanity_checking:
-            self._update(batch)
+            self._update(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.metrics is not None and not trainer.sanity_checking:

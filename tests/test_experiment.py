@@ -39,6 +39,9 @@ def _fast_stage_configs(folder: Path, sample_steps: int = 2) -> dict:
         c["model"]["init_args"]["class_generation_steps"] = 2
         c["data"]["init_args"]["num_class_images"] = 2
 
+    def cat(c):
+        c["trainer"]["max_steps"] = 2
+
     def sample(c):
         c["model"]["init_args"]["num_inference_steps"] = sample_steps
         c["data"]["init_args"]["prompts"] = c["data"]["init_args"]["prompts"][:1]
@@ -47,6 +50,7 @@ def _fast_stage_configs(folder: Path, sample_steps: int = 2) -> dict:
     return {
         "protect": {"advdm_plus": _derive("configs/protect/advdm_plus.tiny.yaml", folder / "protect.yaml", protect)},
         "purify": {"jpeg": str(ROOT / "configs/purify/jpeg.tiny.yaml")},
+        "cat": {"both": _derive("configs/cat/both.tiny.yaml", folder / "cat.yaml", cat)},
         "customize": {"lora": _derive("configs/dreambooth/lora.tiny.yaml", folder / "lora.yaml", lora)},
         "sample": _derive("configs/dreambooth/sample.tiny.yaml", folder / "sample.yaml", sample),
         "evaluate": str(ROOT / "configs/eval/metrics.tiny.yaml"),
@@ -64,7 +68,7 @@ def experiment_file(tmp_path, photos_dir):
         "model": "tiny",
         "subjects": {"photos": [str(subject)]},
         "protections": ["advdm_plus"],
-        "defenses": ["none", "cdl", "purify:jpeg+cdl"],
+        "defenses": ["none", "cat:both", "cdl", "purify:jpeg+cdl"],
         "customizations": ["lora"],
         "stages": _fast_stage_configs(tmp_path / "stages"),
         "trainer": {"accelerator": "cpu", "devices": 1},
@@ -106,12 +110,18 @@ def test_grid_survives_a_kill_and_reruns_only_what_changed(experiment_file, tmp_
     assert {(r["protection"], r["defense"], r["customization"], r["prompt"]) for r in rows} == {
         (protection, defense, "lora", "a photo of sks person")
         for protection in ("advdm_plus",)
-        for defense in ("none", "cdl", "purify:jpeg+cdl")
+        for defense in ("none", "cat:both", "cdl", "purify:jpeg+cdl")
     }
     for row in rows:
         for metric in ("fid", "psnr", "ssim", "lpips", "clip_iqa", "brisque", "linf_255"):
             assert isinstance(row[metric], float) and math.isfinite(row[metric]), (metric, row)
         assert 0 < row["linf_255"] <= row["eps_255"]
+        # the latent distortion of the images the customization trained on, base VAE (and CAT VAE)
+        assert row["base/latent_mse_relative"] > 0 and math.isfinite(row["base/recon_psnr"])
+        assert ("cat/latent_mse_relative" in row) == (row["defense"] == "cat:both")
+    cat_row = next(r for r in rows if r["defense"] == "cat:both")
+    assert (run_dir / "cat/photos/advdm_plus/both/adapter/adapter_config.json").is_file()
+    assert cat_row["cat/latent_mse_relative"] != cat_row["base/latent_mse_relative"]
     assert report.is_file() and "advdm_plus" in report.read_text()
     assert (run_dir / "grids/photos-lora.png").is_file() and (run_dir / "report.md").is_file()
 
@@ -124,7 +134,7 @@ def test_grid_survives_a_kill_and_reruns_only_what_changed(experiment_file, tmp_
     assert sorted(again.executed) == sorted(
         f"{stage}/photos/advdm_plus/{defense}/lora"
         for stage in ("sample", "evaluate")
-        for defense in ("none", "cdl", "purify-jpeg+cdl")
+        for defense in ("none", "cat-both", "cdl", "purify-jpeg+cdl")
     )
 
 
@@ -139,7 +149,7 @@ def test_grid_survives_a_kill_and_reruns_only_what_changed(experiment_file, tmp_
             lambda c: c.update(defenses=["cat:middle"]),
             r"unknown CAT variant 'middle'; allowed: \['both', 'encoder', 'decoder'\]",
         ),
-        (lambda c: c.update(defenses=["cat:both"]), r"stages.cat must be a mapping"),
+        (lambda c: c["stages"].pop("cat") and c.update(defenses=["cat:both"]), r"stages.cat must be a mapping"),
         (
             lambda c: c["stages"].update(cat={"encoder": "x.yaml"}) or c.update(defenses=["cat:both"]),
             r"stages.cat has no config for 'both'; configured: \['encoder'\]",
@@ -172,6 +182,7 @@ def test_plan_lists_shared_stages_once(experiment_file):
     runner = ExperimentRunner(load_experiment_config(experiment_file))
     keys = ["/".join(stage.key) for stage in runner.plan()]
     assert keys.count("protect/photos/advdm_plus") == 1 and keys.count("class_images/lora") == 1
-    assert len([k for k in keys if k.startswith("customize/")]) == 3
+    assert len([k for k in keys if k.startswith("customize/")]) == 4
+    assert keys.count("cat/photos/advdm_plus/both") == 1  # customize and evaluate share it
     assert keys.index("purify/photos/advdm_plus/jpeg") < keys.index("customize/photos/advdm_plus/purify-jpeg+cdl/lora")
     assert keys.index("protect/photos/advdm_plus") < keys.index("customize/photos/advdm_plus/none/lora")

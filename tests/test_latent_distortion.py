@@ -94,5 +94,60 @@ def test_callback_asks_for_pairs(photos_dir, tmp_path):
         default_root_dir=tmp_path,
         callbacks=[LatentDistortionCallback()],
     )
-    with pytest.raises(KeyError, match="PairedImageDataModule"):
+    with pytest.raises(KeyError, match="no step had them"):
         trainer.test(CATAdapterModule(rank=2), ImageFolderDataModule(str(photos_dir), resolution=64, batch_size=5))
+
+
+def test_compute_keys_are_listed():
+    metric = LatentDistortion(load_vae("tiny"))
+    metric.update(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+    assert tuple(metric.compute()) == LatentDistortion.KEYS
+
+
+def test_callback_rejects_unknown_keys():
+    from lightning_cat.callbacks import LatentDistortionCallback
+
+    with pytest.raises(ValueError, match="latent_mse_relative"):
+        LatentDistortionCallback(keys=["latent_mse_relative", "psnr"])
+
+
+def test_callback_reads_evaluation_module_outputs(tiny_model_path, tmp_path):
+    """EvaluationDataModule + EvaluationModule (as the experiment runner uses them): generated-only
+    steps are skipped, the paired ones give the same numbers as the metric on the pairs."""
+    from lightning.pytorch import Trainer
+
+    from lightning_cat.callbacks import LatentDistortionCallback
+    from lightning_cat.datamodules import EvaluationDataModule
+    from lightning_cat.images import load_image, pil_to_tensor, save_png
+    from lightning_cat.modules import EvaluationModule
+
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    protected = (clean + 0.1 * torch.randn(2, 3, 32, 32, generator=generator)).clamp(-1, 1)
+    for index in range(2):
+        save_png(clean[index], tmp_path / "clean" / f"{index}.png")
+        save_png(protected[index], tmp_path / "protected" / f"{index}.png")
+    for index in range(5):  # more generated images than pairs: later steps have no pair
+        save_png(clean[0], tmp_path / "generated" / f"{index}.png")
+    data = EvaluationDataModule(
+        clean_root=str(tmp_path / "clean"),
+        protected_root=str(tmp_path / "protected"),
+        generated_root=str(tmp_path / "generated"),
+        resolution=32,
+        batch_size=1,
+    )
+    callback = LatentDistortionCallback("tiny", keys=["latent_mse_relative", "recon_psnr"])
+    trainer = Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[callback]
+    )
+    (logged,) = trainer.test(EvaluationModule(), data, verbose=False)
+    assert set(logged) == {"test/base/latent_mse_relative", "test/base/recon_psnr"}
+    reference = LatentDistortion(load_vae("tiny"))
+    saved = {
+        kind: torch.stack([pil_to_tensor(load_image(tmp_path / kind / f"{i}.png")) for i in range(2)])
+        for kind in ("protected", "clean")
+    }
+    reference.update(saved["protected"], saved["clean"])
+    expected = reference.compute()
+    assert logged["test/base/latent_mse_relative"] == pytest.approx(expected["latent_mse_relative"].item(), rel=1e-5)
+    assert logged["test/base/recon_psnr"] == pytest.approx(expected["recon_psnr"].item(), rel=1e-5)

@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 import torch
 
 from lightning_cat.cat.training import train_cat_adapter
+from lightning_cat.diffusion import latent_distribution
 from lightning_cat.metrics.latent_distortion import LatentDistortion
+from lightning_cat.protections.pgd import PGD
+from lightning_cat.protections.photoguard import EncoderAttackObjective
 
 __all__ = [
     "FidelityRow",
@@ -92,9 +95,10 @@ def target_latent_encoder_attack(
 ) -> torch.Tensor:
     """Encoder attack with a target latent (PhotoGuard's encoder attack / Mist's textural loss).
 
-    PGD in pixel space with sign steps descends ``|| mu(E(x + delta)) - mu(E(y)) ||^2`` for a
-    target image ``y``, under ``||delta||_inf <= eps`` and ``x + delta`` in ``[-1, 1]``; the result
-    is rounded to 8-bit levels within the budget (:func:`quantize_within_budget`).
+    The library's :class:`~lightning_cat.protections.PGD` with sign steps descends PhotoGuard's
+    :class:`~lightning_cat.protections.photoguard.EncoderAttackObjective`
+    ``|| mu(E(x + delta)) - mu(E(y)) ||`` for a target image ``y``, under ``||delta||_inf <= eps``
+    and ``x + delta`` in ``[-1, 1]``; the result is on the 8-bit grid within the budget.
 
     Args:
         vae: the VAE attacked (frozen; its gradients are not touched).
@@ -109,29 +113,20 @@ def target_latent_encoder_attack(
     Returns:
         The protected images, same shape and device as ``images``.
     """
-    eps, step_size = 2.0 * eps_255 / 255.0, 2.0 * step_size_255 / 255.0
+    pgd = PGD(eps_255=eps_255, alpha_255=step_size_255, steps=steps, random_start=random_start)
     parameters = list(vae.parameters())
     requires_grad = [p.requires_grad for p in parameters]
     vae.requires_grad_(False)
     try:
         with torch.no_grad():
             target_batch = target.expand_as(images) if target.ndim == 3 else target
-            target_latents = vae.encode(target_batch.to(images)).latent_dist.mean
-        delta = torch.zeros_like(images)
-        if random_start:
-            delta = ((torch.rand(images.shape, generator=generator) * 2 - 1) * eps).to(images)
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            adversarial = (images + delta).clamp(-1.0, 1.0)
-            loss = (vae.encode(adversarial).latent_dist.mean - target_latents).pow(2).sum()
-            (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                delta = (delta - step_size * grad.sign()).clamp(-eps, eps)
-                delta = (images + delta).clamp(-1.0, 1.0) - images
+            target_latents = latent_distribution(vae, target_batch.to(images)).mean.float()
+        objective = EncoderAttackObjective(vae, lambda batch: target_latents)
+        generators = [generator] * len(images) if generator is not None else []
+        return pgd.run(images, objective, generators)
     finally:
         for parameter, flag in zip(parameters, requires_grad, strict=True):
             parameter.requires_grad_(flag)
-    return quantize_within_budget(images + delta.detach(), images, eps_255)
 
 
 @dataclass

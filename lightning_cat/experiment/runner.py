@@ -323,6 +323,7 @@ class ExperimentRunner:
         images = self._training_images(subject, protection, defense)
         samples = self._sample(subject, protection, defense, customization)
         protected = None if protection in CLEAN_PROTECTIONS and not defense.purify else images
+        cat = self._cat(subject, protection, defense) if defense.cat else None
 
         def work(folder: Path) -> dict[str, Any]:
             record = json.loads((samples.outputs["samples"] / "samples.json").read_text())
@@ -334,6 +335,8 @@ class ExperimentRunner:
                 data["clean_root"] = str(clean.outputs["images"])
                 data["protected_root"] = str(protected.outputs["images"]) if protected else None
                 data["generated_root"] = str(samples.outputs["samples"] / prompt["folder"])
+                if protected is not None:
+                    _add_latent_distortion(config, self.config.model, cat.outputs["adapter"] if cat else None)
                 self._run("test", config, run_folder)
                 results.append({"prompt": prompt["prompt"], **_read_csv_metrics(run_folder / "logs")})
             atomic_write_json(folder / "metrics.json", results)
@@ -344,6 +347,8 @@ class ExperimentRunner:
             "clean": clean.fingerprint,
             "images": images.fingerprint,
             "samples": samples.fingerprint,
+            "cat": cat.fingerprint if cat else None,
+            "latent_distortion": LATENT_DISTORTION_KEYS,
         }
         key = ("evaluate", subject, protection, _slug(defense.name), customization)
         stage = self._add(key, what, work, f"evaluate {'/'.join(key[1:])}")
@@ -470,3 +475,17 @@ class ExperimentRunner:
 def run_experiment(config: ExperimentConfig, overwrite: bool = False, stage_process: str = "auto") -> Path:
     """Run (or resume) ``config``; returns the path of ``report.html``."""
     return ExperimentRunner(config, overwrite=overwrite, stage_process=stage_process).run()
+
+
+#: What the evaluate stage logs of :class:`~lightning_cat.metrics.LatentDistortion` for the images a
+#: customization trained on (protected, purified): ``test/base/*`` under the model's VAE and, for a
+#: CAT defense, ``test/cat/*`` under the CAT-adapted VAE.
+LATENT_DISTORTION_KEYS = ["latent_mse_relative", "recon_psnr"]
+
+
+def _add_latent_distortion(config: dict[str, Any], model: str, cat_adapter: Path | None) -> None:
+    callbacks = config.setdefault("trainer", {}).setdefault("callbacks", [])
+    init_args = {"pretrained_model_name_or_path": model, "keys": LATENT_DISTORTION_KEYS}
+    if cat_adapter is not None:
+        init_args["cat_adapter"] = str(cat_adapter)
+    callbacks.append({"class_path": "lightning_cat.callbacks.LatentDistortionCallback", "init_args": init_args})

@@ -12,9 +12,9 @@ from lightning_cat.metrics.feature_extractors import (
     load_inception,
     module_identity,
 )
-from lightning_cat.metrics.latent_distortion import LatentDistortion
 from lightning_cat.metrics.fid import FID, default_statistics_cache, reference_cache_key
 from lightning_cat.metrics.folders import iter_image_batches
+from lightning_cat.metrics.latent_distortion import LatentDistortion
 from lightning_cat.metrics.similarity import PSNR, SSIM, LPIPSDistance, per_image_psnr
 
 __all__ = [

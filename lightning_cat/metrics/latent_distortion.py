@@ -64,6 +64,21 @@ class LatentDistortion(Metric):
         TypeError: if ``vae`` or ``reference_vae`` has no ``encode``/``decode``.
     """
 
+    #: The keys of :meth:`compute`'s result.
+    KEYS: tuple[str, ...] = (
+        "latent_mse",
+        "latent_mse_relative",
+        "latent_mse_vs_reference",
+        "latent_mse_vs_reference_relative",
+        "recon_mse_self",
+        "recon_mse",
+        "clean_recon_mse",
+        "recon_gap",
+        "recon_psnr_self",
+        "recon_psnr",
+        "clean_recon_psnr",
+    )
+
     is_differentiable = False
     higher_is_better = None
     full_state_update = False

@@ -8,4 +8,12 @@ from lightning_cat.modules.protection import ProtectionModule
 from lightning_cat.modules.purification import PurificationModule
 from lightning_cat.modules.sampling import SamplingModule
 
-__all__ = ["CATAdapterModule", "DiffusionModule", "DreamBoothModule", "EvaluationModule", "ProtectionModule", "PurificationModule", "SamplingModule"]
+__all__ = [
+    "CATAdapterModule",
+    "DiffusionModule",
+    "DreamBoothModule",
+    "EvaluationModule",
+    "ProtectionModule",
+    "PurificationModule",
+    "SamplingModule",
+]

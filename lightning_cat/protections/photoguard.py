@@ -7,6 +7,7 @@ latent, or the latent of ``target_image``. Only the VAE is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -19,11 +20,14 @@ __all__ = ["EncoderAttackObjective", "PhotoGuard"]
 
 
 class EncoderAttackObjective(Objective):
-    """``|| E_mu(x) - z_target ||_2`` per image; descended. Deterministic (no draw)."""
+    """``|| E_mu(x) - z_target ||_2`` per image; descended. Deterministic (no draw).
+
+    ``target`` maps an image batch to its target latents (a :class:`TargetLatents`, or any callable).
+    """
 
     ascend = False
 
-    def __init__(self, vae, target: TargetLatents) -> None:
+    def __init__(self, vae, target: TargetLatents | Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.vae = vae
         self.target = target
 
