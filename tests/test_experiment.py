@@ -186,3 +186,14 @@ def test_plan_lists_shared_stages_once(experiment_file):
     assert keys.count("cat/photos/advdm_plus/both") == 1  # customize and evaluate share it
     assert keys.index("purify/photos/advdm_plus/jpeg") < keys.index("customize/photos/advdm_plus/purify-jpeg+cdl/lora")
     assert keys.index("protect/photos/advdm_plus") < keys.index("customize/photos/advdm_plus/none/lora")
+
+
+@pytest.mark.parametrize("name", ["demo", "liu_sd21", "cat_sd21"])
+def test_shipped_experiments_are_valid_and_plan(name, photos_dir):
+    """Every shipped experiment validates against the registries and plans (subjects replaced by a
+    local folder, since the paper configs name the user's own data)."""
+    overrides = None if name == "demo" else {"subjects": {"subject_a": str(photos_dir)}}
+    config = load_experiment_config(ROOT / "configs/experiment" / f"{name}.yaml", overrides)
+    stages = ExperimentRunner(config).plan()
+    cells = len(config.protections) * len(config.defenses) * len(config.customizations) * len(config.subjects)
+    assert len([s for s in stages if s.key[0] == "evaluate"]) == cells
