@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run stages in this process or in subprocesses (auto: subprocesses only when the Trainer "
         "options need a re-executing launcher, e.g. devices > 1 with strategy ddp)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show each stage's own output (default: it goes to stage.log in the stage's folder)",
+    )
     parser.add_argument("--plan", action="store_true", help="list the stages and whether they are done, then exit")
     return parser
 
@@ -35,7 +40,9 @@ def experiment_main(args: Sequence[str]) -> None:
     from lightning_cat.experiment.runner import ExperimentRunner
 
     config = load_experiment_config(options.config, {"run_dir": options.run_dir})
-    runner = ExperimentRunner(config, overwrite=options.overwrite, stage_process=options.stage_process)
+    runner = ExperimentRunner(
+        config, overwrite=options.overwrite, stage_process=options.stage_process, verbose=options.verbose
+    )
     if options.plan:
         for stage in runner.plan():
             done = runner.store.is_complete(stage.key, stage.fingerprint) and not options.overwrite

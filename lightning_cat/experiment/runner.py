@@ -112,14 +112,19 @@ class ExperimentRunner:
         stage_process: ``auto`` runs stages in this process unless the Trainer options need a
             launcher that re-executes the command (several devices or nodes with a non-spawn
             strategy), ``inprocess`` / ``subprocess`` force one way.
+        verbose: show each stage's console output; by default it goes to ``stage.log`` in the
+            stage's folder (its last lines are printed if the stage fails).
     """
 
-    def __init__(self, config: ExperimentConfig, overwrite: bool = False, stage_process: str = "auto") -> None:
+    def __init__(
+        self, config: ExperimentConfig, overwrite: bool = False, stage_process: str = "auto", verbose: bool = False
+    ) -> None:
         if stage_process not in ("auto", "inprocess", "subprocess"):
             raise ValueError(f"stage_process={stage_process!r} is not one of ['auto', 'inprocess', 'subprocess']")
         self.config = config
         self.store = StageStore(config.run_dir, overwrite=overwrite)
         self.subprocess_mode = stage_process == "subprocess" or (stage_process == "auto" and self._needs_launcher())
+        self.verbose = verbose
         self._stages: dict[tuple[str, ...], _Stage] = {}
         self._cells: list[dict[str, Any]] = []
         #: Stages run (not skipped) by the last :meth:`run`, as ``"/"``-joined keys.
@@ -151,7 +156,8 @@ class ExperimentRunner:
         return config
 
     def _run(self, subcommand: str, config: dict[str, Any], folder: Path) -> None:
-        StageCommand(subcommand, config, folder, subprocess_mode=self.subprocess_mode).run()
+        log_file = None if self.verbose else folder / "stage.log"
+        StageCommand(subcommand, config, folder, subprocess_mode=self.subprocess_mode, log_file=log_file).run()
 
     def _common(self, stage: str, name: str = "") -> dict[str, Any]:
         return {

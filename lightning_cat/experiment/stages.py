@@ -9,11 +9,14 @@ re-executes the command, in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +81,19 @@ class StageCommand:
             the command, e.g. ``strategy: ddp`` on several devices).
     """
 
-    def __init__(self, subcommand: str, config: dict[str, Any], folder: Path, subprocess_mode: bool = False):
+    def __init__(
+        self,
+        subcommand: str,
+        config: dict[str, Any],
+        folder: Path,
+        subprocess_mode: bool = False,
+        log_file: Path | None = None,
+    ):
         self.subcommand = subcommand
         self.config = config
         self.folder = Path(folder)
         self.subprocess_mode = subprocess_mode
+        self.log_file = log_file
 
     @property
     def config_file(self) -> Path:
@@ -92,10 +103,32 @@ class StageCommand:
         return [self.subcommand, "--config", str(self.config_file)]
 
     def run(self) -> None:
-        """Save the resolved config and run the stage (logged values go to the config's logger)."""
+        """Save the resolved config and run the stage (logged values go to the config's logger).
+
+        With ``log_file`` the stage's console output (progress bars, Lightning's messages,
+        warnings) goes to that file; if the stage fails, its last lines are printed and the
+        error is raised with the file's path.
+        """
         atomic_write_bytes(self.config_file, yaml.safe_dump(self.config, sort_keys=False).encode())
+        try:
+            with _output_to(self.log_file) as stream:
+                self._run(stream)
+        except BaseException as error:
+            if self.log_file is None or isinstance(error, KeyboardInterrupt):
+                raise
+            tail = "".join(self.log_file.read_text(errors="replace").splitlines(keepends=True)[-25:])
+            print(f"\n--- last lines of {self.log_file} ---\n{tail}", file=sys.stderr)
+            raise RuntimeError(
+                f"stage '{self.subcommand} --config {self.config_file}' failed: {error!r}; full log: {self.log_file}"
+            ) from error
+
+    def _run(self, stream) -> None:
         if self.subprocess_mode:
-            subprocess.run([sys.executable, "-m", "lightning_cat", *self.argv()], check=True)
+            command = [sys.executable, "-m", "lightning_cat", *self.argv()]
+            if stream is None:
+                subprocess.run(command, check=True)
+            else:
+                subprocess.run(command, check=True, stdout=stream, stderr=subprocess.STDOUT)
             return
         from lightning_cat.cli import main
 
@@ -103,3 +136,27 @@ class StageCommand:
             # The stage's arguments are given explicitly; sys.argv holds the experiment's own.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             main(self.argv())
+
+
+@contextlib.contextmanager
+def _output_to(path: Path | None) -> Iterator[Any]:
+    """Send this process's console output (print, tqdm, warnings, logging) to ``path``."""
+    if path is None:
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    with open(path, "a", buffering=1) as stream:
+        handlers = [
+            handler
+            for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+            for handler in getattr(logger, "handlers", [])
+            if isinstance(handler, logging.StreamHandler) and handler.stream in consoles
+        ]
+        originals = [handler.setStream(stream) for handler in handlers]
+        try:
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                yield stream
+        finally:
+            for handler, original in zip(handlers, originals, strict=True):
+                handler.setStream(original)

@@ -1,0 +1,30 @@
+"""StageCommand: the stage's console output goes to its log; a failure names the log and shows its end."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_cat.experiment.stages import StageCommand
+
+
+def test_failing_stage_names_its_log_and_prints_its_end(tmp_path, capsys):
+    config = {"model": {"class_path": "NoSuchModule"}, "data": {"class_path": "ImageFolderDataModule"}}
+    log = tmp_path / "stage.log"
+    with pytest.raises(RuntimeError, match="full log: .*stage.log"):
+        StageCommand("fit", config, tmp_path, log_file=log).run()
+    assert "NoSuchModule" in log.read_text()
+    assert "NoSuchModule" in capsys.readouterr().err
+    assert (tmp_path / "stage_config.yaml").is_file()
+
+
+def test_stage_output_goes_to_the_log(tmp_path, photos_dir, capsys):
+    config = {
+        "trainer": {"accelerator": "cpu", "max_steps": 1, "logger": False, "enable_checkpointing": False},
+        "model": {"class_path": "CATAdapterModule", "init_args": {"rank": 2}},
+        "data": {"class_path": "ImageFolderDataModule", "init_args": {"root": str(photos_dir), "resolution": 32}},
+    }
+    log = tmp_path / "stage.log"
+    StageCommand("fit", config, tmp_path, log_file=log).run()
+    captured = capsys.readouterr()
+    assert "max_steps=1" in log.read_text()  # Lightning's own message about stopping
+    assert "max_steps=1" not in captured.out + captured.err
