@@ -38,6 +38,7 @@ __all__ = [
     "list_images",
     "load_image",
     "pil_to_tensor",
+    "staging_dir",
     "save_png",
     "tensor_to_pil",
     "to_uint8",
@@ -234,6 +235,24 @@ def _check_choice(owner: str, option: str, value: Any, allowed: Sequence[Any]) -
         raise ValueError(f"{owner}: {option}={value!r} is not one of {list(allowed)}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def staging_dir(target: str | os.PathLike) -> Path:
+    """A new hidden folder beside ``target`` with a normal folder's mode, to be renamed onto it.
+
+    (``tempfile.mkdtemp`` alone makes it private, 0700, which the renamed result would keep.)
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())
+    return staging
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
     path = Path(path)
@@ -242,6 +261,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -91,3 +91,21 @@ def test_save_png_round_trips_exactly(tmp_path):
     loaded = np.array(Image.open(tmp_path / "x.png"))
     assert (torch.from_numpy(loaded).permute(2, 0, 1) == to_uint8(image)).all()
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temporary file left behind
+
+
+def test_atomic_writes_get_the_umask_mode(tmp_path):
+    """Written files and staged folders are not left private (mkstemp/mkdtemp's 0600/0700)."""
+    import os
+
+    from lightning_cat.images import atomic_write_json, staging_dir
+
+    previous = os.umask(0o022)
+    try:
+        save_png(torch.zeros(3, 8, 8), tmp_path / "image.png")
+        atomic_write_json(tmp_path / "record.json", {"a": 1})
+        folder = staging_dir(tmp_path / "target")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "image.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "record.json").stat().st_mode & 0o777 == 0o644
+    assert folder.stat().st_mode & 0o777 == 0o755 and folder.parent == tmp_path

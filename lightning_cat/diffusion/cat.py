@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from lightning_cat.diffusion.loading import load_vae
+from lightning_cat.images import staging_dir
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -96,10 +96,7 @@ def save_cat_adapter(peft_vae: PeftModel, directory: str | os.PathLike) -> Path:
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"CAT adapter folder '{target}' already exists and is not empty")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); give it a normal folder's mode
+    staging = staging_dir(target)
     try:
         peft_vae.save_pretrained(staging, safe_serialization=True)
         if target.exists():

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_cat.images import atomic_write_json
+from lightning_cat.images import atomic_write_json, staging_dir
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +69,7 @@ def staged_directory(directory: str | os.PathLike, overwrite: bool = False) -> I
     """
     target = check_output_dir(directory, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target)
     try:
         yield staging
         if target.exists():

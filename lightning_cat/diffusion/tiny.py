@@ -13,12 +13,13 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from lightning_cat.images import staging_dir
 
 __all__ = [
     "TINY_MODELS",
@@ -207,7 +208,7 @@ def build_once(tag: str, build: Callable[[Path], None]) -> Path:
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{tag}.", dir=target.parent))
+    staging = staging_dir(target)
     try:
         build(staging)
         try:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from lightning_cat.images import atomic_write_bytes, atomic_write_json
 
@@ -118,10 +118,11 @@ def image_grid(
     label_width, header = 110, 22
     canvas = Image.new("RGB", (label_width + cell * len(columns), header + cell * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)
     for c, title in enumerate(columns):
-        draw.text((label_width + c * cell + 4, 4), title[: cell // 6], fill="black")
+        draw.text((label_width + c * cell + 4, 4), title[: cell // 7], fill="black", font=font)
     for r, (label, images) in enumerate(rows):
-        draw.text((4, header + r * cell + cell // 2 - 6), label[:18], fill="black")
+        draw.text((4, header + r * cell + cell // 2 - 6), label[:14], fill="black", font=font)
         for c, image_path in enumerate(images):
             if image_path is None:
                 continue

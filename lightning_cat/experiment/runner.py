@@ -343,6 +343,8 @@ class ExperimentRunner:
                 data["generated_root"] = str(samples.outputs["samples"] / prompt["folder"])
                 if protected is not None:
                     _add_latent_distortion(config, self.config.model, cat.outputs["adapter"] if cat else None)
+                else:  # nothing to compare with the clean images: no protected-image columns (not NaNs)
+                    _drop_callback(config, "ProtectedImageEvaluator")
                 self._run("test", config, run_folder)
                 results.append({"prompt": prompt["prompt"], **_read_csv_metrics(run_folder / "logs")})
             atomic_write_json(folder / "metrics.json", results)
@@ -487,6 +489,15 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, stage_proc
 #: customization trained on (protected, purified): ``test/base/*`` under the model's VAE and, for a
 #: CAT defense, ``test/cat/*`` under the CAT-adapted VAE.
 LATENT_DISTORTION_KEYS = ["latent_mse_relative", "recon_psnr"]
+
+
+def _drop_callback(config: dict[str, Any], class_name: str) -> None:
+    trainer = config.get("trainer") or {}
+    trainer["callbacks"] = [
+        c
+        for c in trainer.get("callbacks") or []
+        if not (isinstance(c, dict) and str(c.get("class_path", "")).split(".")[-1] == class_name)
+    ]
 
 
 def _add_latent_distortion(config: dict[str, Any], model: str, cat_adapter: Path | None) -> None:
