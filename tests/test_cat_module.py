@@ -176,3 +176,11 @@ def test_lpips_loss_trains(two_photos, tmp_path):
     module.on_save_checkpoint(checkpoint)
     kept = checkpoint["state_dict"].keys()
     assert kept and all("lora_" in key for key in kept)  # frozen VAE and LPIPS weights stay out of checkpoints
+
+
+def test_non_finite_loss_stops_training_and_writes_nothing(two_photos, tmp_path):
+    module = CATAdapterModule(rank=2, learning_rate=1e30, output_dir=str(tmp_path / "adapter"))
+    data = ImageFolderDataModule(str(two_photos), resolution=64, batch_size=2)
+    with pytest.raises(FloatingPointError, match=r"CATAdapterModule: loss is (nan|inf) at step \d+"):
+        _trainer(tmp_path, 50).fit(module, data)
+    assert not (tmp_path / "adapter").exists()

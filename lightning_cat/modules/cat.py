@@ -168,6 +168,11 @@ class CATAdapterModule(DiffusionModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images = batch["image"]  # the protected images; any "clean" key is deliberately ignored
         output = self.cat_loss(self.vae, images, self._noise(images, batch))
+        if not torch.isfinite(output.loss):
+            raise FloatingPointError(
+                f"{type(self).__name__}: loss is {output.loss.item()} at step {self.global_step} "
+                f"(learning_rate {self.hparams.learning_rate}; under *-mixed precision try 32-true)"
+            )
         logs = {"train/loss": output.loss}
         if output.mse is not None and output.lpips is not None:
             logs.update({"train/mse": output.mse, "train/lpips": output.lpips})
