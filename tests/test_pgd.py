@@ -92,3 +92,12 @@ def test_l2_finalize_holds_the_budget():
     levels = ((final + 1) * 127.5).round() - ((clean + 1) * 127.5).round()
     assert (levels.flatten(1).norm(dim=1) <= 200 + 1e-4).all()
     assert levels.abs().sum() > 0
+
+
+def test_non_finite_gradient_is_an_error():
+    pgd = PGD(eps_255=8, alpha_255=1, steps=3)
+    clean = torch.zeros(1, 3, 4, 4)
+    grad = torch.zeros_like(clean)
+    grad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite at step 2"):
+        pgd.step(clean, clean, grad, ascend=True, step=2)

@@ -127,7 +127,15 @@ class PGD:
     def step(
         self, adv: torch.Tensor, clean: torch.Tensor, grad: torch.Tensor, *, ascend: bool, step: int = 0
     ) -> torch.Tensor:
-        """One step along ``grad`` (up when ``ascend``), then the projection."""
+        """One step along ``grad`` (up when ``ascend``), then the projection.
+
+        Raises:
+            FloatingPointError: if ``grad`` holds a NaN or infinity (a sign step would spread it).
+        """
+        if not bool(torch.isfinite(grad).all()):
+            raise FloatingPointError(
+                f"PGD: the objective's gradient is not finite at step {step} (under half precision try 32-true)"
+            )
         size = self.step_size(step)
         sign = 1.0 if ascend else -1.0
         if self.norm == "linf":
