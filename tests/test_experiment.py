@@ -197,3 +197,37 @@ def test_shipped_experiments_are_valid_and_plan(name, photos_dir):
     stages = ExperimentRunner(config).plan()
     cells = len(config.protections) * len(config.defenses) * len(config.customizations) * len(config.subjects)
     assert len([s for s in stages if s.key[0] == "evaluate"]) == cells
+
+
+def test_every_model_based_purifier_composes_with_cdl(experiment_file, tmp_path):
+    """purify:<name>+cdl for each model-based purifier: the purified set is what CDL trains on."""
+
+    def few_steps(c):
+        init = c["model"]["init_args"]["purifier"]["init_args"]
+        for key, value in {"num_inference_steps": 2, "iterations": 2}.items():
+            if key in init:
+                init[key] = value
+
+    names = ["noisy_upscale", "latent_diffpure", "gridpure", "impress"]
+    config = yaml.safe_load(experiment_file.read_text())
+    config["stages"]["purify"] = {
+        name: _derive(f"configs/purify/{name}.tiny.yaml", tmp_path / "stages" / f"{name}.yaml", few_steps)
+        for name in names
+    }
+    config["defenses"] = [f"purify:{name}+cdl" for name in names]
+    experiment_file.write_text(yaml.safe_dump(config))
+    runner = ExperimentRunner(load_experiment_config(experiment_file))
+    runner.run()
+    rows = yaml.safe_load((tmp_path / "run" / "results.json").read_text())
+    assert {r["defense"] for r in rows} == set(config["defenses"])
+    for name in names:
+        manifest = yaml.safe_load((tmp_path / f"run/purify/photos/advdm_plus/{name}/images/manifest.json").read_text())
+        assert manifest["purifier"]["name"] == name, manifest["purifier"]
+        record = yaml.safe_load(
+            (tmp_path / f"run/customize/photos/advdm_plus/purify-{name}+cdl/lora/model/customization.json").read_text()
+        )
+        assert record["cdl"]["instance_suffix"], record
+    for row in rows:
+        assert (
+            math.isfinite(row["fid"]) and math.isfinite(row["psnr"]) and math.isfinite(row["base/latent_mse_relative"])
+        )
