@@ -10,8 +10,10 @@ variants trained on the protected images / the control CAT trained on uniform-no
         --images data/subject --resolution 512 --rank 128 --learning-rate 1e-4 --steps 10000 \
         --batch-size 4 --attack-steps 1000 --device cuda                # the paper's setting on a GPU
 
-The protection is the study's target-latent encoder attack (PhotoGuard encoder attack / Mist
-textural loss: PGD with sign steps towards the latent of a checkerboard, budget --eps).
+The protections (--attacks) are the study's target-latent encoder attack (PhotoGuard encoder
+attack / Mist textural loss: PGD with sign steps towards the latent of a checkerboard) and its
+reconstruction attack (PGD maximizing the VAE's reconstruction error against the clean image),
+both at budget --eps.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--images", default=str(REPO / "tests" / "data" / "testbed" / "clean"), help="clean images")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--eps", type=float, default=16.0, help="budget in /255")
+    parser.add_argument("--attacks", default="encoder,reconstruction", help="protections studied (comma-separated)")
     parser.add_argument("--attack-steps", type=int, default=100)
     parser.add_argument("--attack-step-size", type=float, default=1.0, help="in /255")
     parser.add_argument("--variants", default="both,encoder,decoder")
@@ -64,6 +67,7 @@ def main() -> None:
         checkerboard,
         fidelity_study,
         format_fidelity_table,
+        reconstruction_attack,
         target_latent_encoder_attack,
     )
     from lightning_cat.diffusion import load_vae
@@ -73,19 +77,24 @@ def main() -> None:
     start = time.time()
     vae = load_vae(args.model).to(args.device)
     clean = load_images(args.images, args.resolution, args.device)
-    target = checkerboard(args.resolution).to(args.device)
-    attack = functools.partial(
-        target_latent_encoder_attack,
-        target=target,
-        eps_255=args.eps,
-        step_size_255=args.attack_step_size,
-        steps=args.attack_steps,
+    budget = {"eps_255": args.eps, "step_size_255": args.attack_step_size, "steps": args.attack_steps}
+    encoder = functools.partial(
+        target_latent_encoder_attack, target=checkerboard(args.resolution).to(args.device), **budget
     )
-    name = f"encoder attack {args.eps:g}/255"
+    attacks = {
+        "encoder": (f"encoder attack {args.eps:g}/255", lambda model, images, generator: encoder(model, images)),
+        "reconstruction": (
+            f"reconstruction attack {args.eps:g}/255",
+            lambda model, images, generator: reconstruction_attack(model, images, **budget),
+        ),
+    }
+    unknown = sorted(set(args.attacks.split(",")) - set(attacks))
+    if unknown:
+        raise SystemExit(f"unknown attacks {unknown}; choose from {sorted(attacks)}")
     rows = fidelity_study(
         vae,
         clean,
-        {name: lambda model, images, generator: attack(model, images, generator=generator)},
+        dict(attacks[name] for name in args.attacks.split(",")),
         eps_255=args.eps,
         variants=[v for v in args.variants.split(",") if v],
         control=not args.no_control,

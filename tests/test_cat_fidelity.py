@@ -5,12 +5,14 @@ The testbed (tests/data/testbed) is built by benchmarks/testbed/make_testbed.py.
 number is printed in the test output; the thresholds are the issue's (CONTROL_MARGIN, "clearly
 more than the control", was fixed before the testbed was measured).
 
-Two claims do NOT hold on this testbed and are marked ``xfail(strict=True)``, so they run on every
-CI build and turn into failures the day they hold (then remove the marker): the protection raises
-the testbed VAE's reconstruction error about 1.5x, not 2x (the tiny VAE reproduces the
-perturbation instead of amplifying it, unlike Stable Diffusion's), and CAT's gain there is mostly
-what fitting the VAE to the five images gives (the noise-trained control closes nearly as much).
-The measured tables are in benchmarks/README.md.
+The encoder attack (PhotoGuard / Mist style) raises the testbed VAE's reconstruction error only
+~1.6x (the tiny VAE reproduces the perturbation instead of amplifying it, unlike Stable
+Diffusion's); an end-to-end reconstruction attack of the same budget reaches ~2.9x, so CAT is
+tested on that one. Two claims do NOT hold here and are marked ``xfail(strict=True)``, so they
+run on every CI build and turn into failures the day they hold (then remove the marker): the
+encoder attack's 2x, and CAT closing clearly (CONTROL_MARGIN) more of the gap than the
+noise-trained control (measured ~16 points more: much of CAT's gain on five images is what
+fitting the VAE to them gives). The measured tables are in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from lightning_cat.cat.fidelity import (
     checkerboard,
     fidelity_study,
     format_fidelity_table,
+    reconstruction_attack,
     sign_noise,
     target_latent_encoder_attack,
     uniform_noise,
@@ -88,53 +91,118 @@ def test_testbed_vae_reconstructs_held_out_photos(testbed, capsys):
     assert psnr >= 22.0
 
 
-ATTACK = "encoder attack 16/255"
+ENCODER_ATTACK = "encoder attack 16/255"
+RECONSTRUCTION_ATTACK = "reconstruction attack 16/255"
 
 
-def _attack(vae, images):
+def _encoder_attack(vae, images):
     return target_latent_encoder_attack(vae, images, checkerboard(RESOLUTION), eps_255=16, steps=100)
 
 
-@pytest.mark.xfail(strict=True, reason="the encoder attack raises the testbed VAE's error ~1.5x, not 2x")
-def test_protection_damages_testbed_reconstructions_twofold(testbed, capsys):
-    vae, clean = testbed
-    protected = _attack(vae, clean)
+def _damage(vae, protected, clean) -> dict[str, float]:
     metric = LatentDistortion(vae)
     metric.update(protected, clean)
     values = metric.compute()
-    against_clean = (values["recon_mse"] / values["clean_recon_mse"]).item()
-    against_self = (values["recon_mse_self"] / values["clean_recon_mse"]).item()
+    return {
+        "latent": values["latent_mse_relative"].item(),
+        "against_clean": (values["recon_mse"] / values["clean_recon_mse"]).item(),
+        "against_self": (values["recon_mse_self"] / values["clean_recon_mse"]).item(),
+    }
+
+
+@pytest.fixture(scope="module")
+def reconstruction_protected(testbed):
+    vae, clean = testbed
+    return reconstruction_attack(vae, clean, eps_255=16, steps=100)
+
+
+def test_reconstruction_attack_damages_testbed_reconstructions_twofold(testbed, reconstruction_protected, capsys):
+    vae, clean = testbed
+    damage = _damage(vae, reconstruction_protected, clean)
     _show(
         capsys,
-        f"\n[fidelity] testbed, encoder attack 16/255: relative latent distortion "
-        f"{values['latent_mse_relative'].item():.4f}; reconstruction error {against_clean:.2f}x the clean one "
-        f"against the clean images, {against_self:.2f}x against the protected images themselves",
+        f"\n[fidelity] testbed, {RECONSTRUCTION_ATTACK}: relative latent distortion {damage['latent']:.4f}; "
+        f"reconstruction error {damage['against_clean']:.2f}x the clean one against the clean images, "
+        f"{damage['against_self']:.2f}x against the protected images themselves",
+    )
+    assert (reconstruction_protected - clean).abs().max() <= 2 * 16 / 255 + 1e-6
+    assert damage["against_clean"] >= 2
+
+
+@pytest.mark.xfail(strict=True, reason="the encoder attack raises the testbed VAE's error ~1.6x, not 2x")
+def test_encoder_attack_damages_testbed_reconstructions_twofold(testbed, capsys):
+    vae, clean = testbed
+    protected = _encoder_attack(vae, clean)
+    damage = _damage(vae, protected, clean)
+    _show(
+        capsys,
+        f"\n[fidelity] testbed, {ENCODER_ATTACK}: relative latent distortion {damage['latent']:.4f}; "
+        f"reconstruction error {damage['against_clean']:.2f}x the clean one against the clean images, "
+        f"{damage['against_self']:.2f}x against the protected images themselves",
     )
     assert (protected - clean).abs().max() <= 2 * 16 / 255 + 1e-6
-    assert values["recon_mse"] >= 2 * values["clean_recon_mse"]
+    assert damage["against_clean"] >= 2
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="on the testbed the noise-trained control closes nearly as much as CAT")
-def test_cat_undoes_the_protection_beyond_the_control(testbed, capsys):
-    """CAT both vs the noise-trained control; encoder-only and decoder-only reported beside it
-    (the paper's ordering, both > encoder > decoder, is reported, not asserted)."""
+@pytest.fixture(scope="module")
+def cat_vs_control(testbed, reconstruction_protected):
+    """CAT both and the noise-trained control on the reconstruction attack (the regime where the
+    protection doubles the reconstruction error)."""
     vae, clean = testbed
     rows = fidelity_study(
         vae,
         clean,
-        {ATTACK: lambda model, images, generator: _attack(model, images)},
+        {RECONSTRUCTION_ATTACK: lambda model, images, generator: reconstruction_protected},
+        variants=("both",),
+        cat_options=CAT_OPTIONS,
+    )
+    rows = {row.name: row for row in rows}
+    return rows[f"CAT both on {RECONSTRUCTION_ATTACK}"], rows[
+        f"control (CAT both on uniform noise) on {RECONSTRUCTION_ATTACK}"
+    ]
+
+
+def _show_gap(capsys, cat, control) -> None:
+    _show(
+        capsys,
+        f"\n[fidelity] testbed, {RECONSTRUCTION_ATTACK}, CAT {CAT_OPTIONS}: CAT both closes "
+        f"{100 * cat.gap_closed:.0f}% of the protection's reconstruction gap (against the clean images); "
+        f"the noise-trained control {100 * control.gap_closed:.0f}%",
+    )
+
+
+def test_cat_closes_half_the_reconstruction_gap(cat_vs_control, capsys):
+    cat, control = cat_vs_control
+    _show_gap(capsys, cat, control)
+    assert cat.gap_closed >= 0.5
+
+
+@pytest.mark.xfail(
+    strict=True, reason="on the testbed the noise-trained control closes ~16 points less than CAT, not 25"
+)
+def test_cat_closes_clearly_more_than_the_noise_control(cat_vs_control, capsys):
+    cat, control = cat_vs_control
+    _show_gap(capsys, cat, control)
+    assert cat.gap_closed >= control.gap_closed + CONTROL_MARGIN
+
+
+@pytest.mark.slow
+def test_fidelity_table_on_the_testbed(testbed, reconstruction_protected, capsys):
+    """Both protections, every variant and the control (the paper's ordering, both > encoder >
+    decoder, is reported, not asserted)."""
+    vae, clean = testbed
+    rows = fidelity_study(
+        vae,
+        clean,
+        {
+            ENCODER_ATTACK: lambda model, images, generator: _encoder_attack(model, images),
+            RECONSTRUCTION_ATTACK: lambda model, images, generator: reconstruction_protected,
+        },
         variants=("both", "encoder", "decoder"),
         cat_options=CAT_OPTIONS,
     )
     _show(capsys, f"\n[fidelity] testbed study (CAT {CAT_OPTIONS}):\n{format_fidelity_table(rows)}")
-    rows = {row.name: row for row in rows}
-    cat = rows[f"CAT both on {ATTACK}"]
-    control = rows[f"control (CAT both on uniform noise) on {ATTACK}"]
-    _show(
-        capsys,
-        f"[fidelity] CAT both closes {100 * cat.gap_closed:.0f}% of the protection's reconstruction gap "
-        f"(against the clean images); the noise-trained control {100 * control.gap_closed:.0f}%",
-    )
-    assert cat.gap_closed >= 0.5
-    assert cat.gap_closed >= control.gap_closed + CONTROL_MARGIN
+    by_name = {row.name: row.metrics for row in rows}
+    for attack in (ENCODER_ATTACK, RECONSTRUCTION_ATTACK):  # decoder-only CAT keeps the encoder's latents
+        decoder = by_name[f"CAT decoder on {attack}"]["latent_mse_relative"]
+        assert decoder == pytest.approx(by_name[attack]["latent_mse_relative"], rel=1e-5)

@@ -6,11 +6,14 @@ import csv
 import math
 from pathlib import Path
 
+import pytest
+
 from lightning_cat.experiment import ExperimentRunner, load_experiment_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_experiment_runs_to_a_report(tmp_path):
     config = load_experiment_config(ROOT / "configs/experiment/demo.yaml", {"run_dir": str(tmp_path / "demo")})
     report = ExperimentRunner(config).run()

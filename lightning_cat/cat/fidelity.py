@@ -15,8 +15,9 @@ CLEAN images, that a CAT VAE removes: ``(e_prot - e_cat) / (e_prot - e_clean)`` 
 and ``e_clean`` are the base VAE's errors on protected and clean images and ``e_cat`` the CAT
 VAE's error on the protected images (mean squared error against the clean images).
 
-:func:`target_latent_encoder_attack` is the study's built-in protection (any callable with its
-signature can be passed instead).
+:func:`target_latent_encoder_attack` (PhotoGuard's encoder attack / Mist's textural loss) and
+:func:`reconstruction_attack` (an end-to-end attack on the VAE's reconstruction) are the study's
+built-in protections; any callable ``(vae, images, generator) -> protected`` can be passed.
 """
 
 from __future__ import annotations
@@ -30,16 +31,19 @@ import torch
 from lightning_cat.cat.training import train_cat_adapter
 from lightning_cat.diffusion import latent_distribution
 from lightning_cat.metrics.latent_distortion import LatentDistortion
+from lightning_cat.protections.base import Objective
 from lightning_cat.protections.pgd import PGD
 from lightning_cat.protections.photoguard import EncoderAttackObjective
 
 __all__ = [
     "FidelityRow",
     "Protection",
+    "ReconstructionAttackObjective",
     "checkerboard",
     "fidelity_study",
     "format_fidelity_table",
     "quantize_within_budget",
+    "reconstruction_attack",
     "sign_noise",
     "target_latent_encoder_attack",
     "uniform_noise",
@@ -124,6 +128,46 @@ def target_latent_encoder_attack(
         objective = EncoderAttackObjective(vae, lambda batch: target_latents)
         generators = [generator] * len(images) if generator is not None else []
         return pgd.run(images, objective, generators)
+    finally:
+        for parameter, flag in zip(parameters, requires_grad, strict=True):
+            parameter.requires_grad_(flag)
+
+
+class ReconstructionAttackObjective(Objective):
+    """``|| D(mu(E(x'))) - x ||^2`` per image, ascended: push the VAE's reconstruction away from
+    the clean image ``x`` (an untargeted end-to-end attack on the VAE)."""
+
+    ascend = True
+
+    def __init__(self, vae, clean: torch.Tensor) -> None:
+        self.vae = vae
+        self.clean = clean
+
+    def loss(self, images: torch.Tensor, draw=None) -> torch.Tensor:
+        reconstruction = self.vae.decode(latent_distribution(self.vae, images).mean).sample
+        return (reconstruction.float() - self.clean.float()).pow(2).flatten(1).sum(dim=1)
+
+
+def reconstruction_attack(
+    vae: torch.nn.Module,
+    images: torch.Tensor,
+    *,
+    eps_255: float = 16.0,
+    step_size_255: float = 1.0,
+    steps: int = 100,
+) -> torch.Tensor:
+    """The study's strong protection: PGD sign steps maximizing the reconstruction error
+    ``|| D(mu(E(x + delta))) - x ||^2`` under ``||delta||_inf <= eps``, on the 8-bit grid.
+
+    Unlike the encoder attack it aims at the damage CAT's claim is about (the reconstruction), so
+    it reaches the regime where the claim is testable on a small VAE (see benchmarks/README.md).
+    """
+    pgd = PGD(eps_255=eps_255, alpha_255=step_size_255, steps=steps)
+    parameters = list(vae.parameters())
+    requires_grad = [p.requires_grad for p in parameters]
+    vae.requires_grad_(False)
+    try:
+        return pgd.run(images, ReconstructionAttackObjective(vae, images.detach()), [])
     finally:
         for parameter, flag in zip(parameters, requires_grad, strict=True):
             parameter.requires_grad_(flag)
