@@ -54,6 +54,12 @@ class _Stage:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
+#: What the evaluate stage logs of :class:`~lightning_cat.metrics.LatentDistortion` for the images a
+#: customization trained on (protected, purified): ``test/base/*`` under the model's VAE and, for a
+#: CAT defense, ``test/cat/*`` under the CAT-adapted VAE.
+LATENT_DISTORTION_KEYS = ["latent_mse_relative", "recon_psnr"]
+
+
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.+" else "-" for ch in text)
 
@@ -483,12 +489,6 @@ class ExperimentRunner:
 def run_experiment(config: ExperimentConfig, overwrite: bool = False, stage_process: str = "auto") -> Path:
     """Run (or resume) ``config``; returns the path of ``report.html``."""
     return ExperimentRunner(config, overwrite=overwrite, stage_process=stage_process).run()
-
-
-#: What the evaluate stage logs of :class:`~lightning_cat.metrics.LatentDistortion` for the images a
-#: customization trained on (protected, purified): ``test/base/*`` under the model's VAE and, for a
-#: CAT defense, ``test/cat/*`` under the CAT-adapted VAE.
-LATENT_DISTORTION_KEYS = ["latent_mse_relative", "recon_psnr"]
 
 
 def _drop_callback(config: dict[str, Any], class_name: str) -> None:
