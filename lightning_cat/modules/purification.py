@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule
 
-from lightning_cat.purification.base import Purifier, purification_generator
+from lightning_cat.purification.base import Purifier, purify_images
 
 __all__ = ["PurificationModule"]
 
@@ -42,8 +41,5 @@ class PurificationModule(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Returns ``image`` (purified), ``source`` (the input images) and ``path``."""
         images = batch["image"]
-        purified = [
-            self.purifier(image.unsqueeze(0), generator=purification_generator(self.seed, Path(path).stem))
-            for image, path in zip(images, batch["path"], strict=True)
-        ]
-        return {"image": torch.cat(purified), "source": images, "path": list(batch["path"])}
+        purified = purify_images(self.purifier, images, [Path(path).stem for path in batch["path"]], self.seed)
+        return {"image": purified, "source": images, "path": list(batch["path"])}

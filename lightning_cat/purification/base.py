@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from lightning_cat.images import to_uint8
 
-__all__ = ["Purifier", "purification_generator", "purification_seed"]
+__all__ = ["Purifier", "purification_generator", "purification_seed", "purify_images"]
 
 
 def purification_seed(seed: int, stem: str) -> int:
@@ -60,3 +61,14 @@ class Purifier:
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "name")
         return f"{type(self).__name__}({options})"
+
+
+def purify_images(purifier: Purifier, images: torch.Tensor, stems: Sequence[str], seed: int = 0) -> torch.Tensor:
+    """``purifier`` applied image by image, each with the generator of ``seed`` and its file stem,
+    so a result depends neither on batch, order nor rank (what a purified set stores)."""
+    return torch.cat(
+        [
+            purifier(image.unsqueeze(0), generator=purification_generator(seed, stem))
+            for image, stem in zip(images, stems, strict=True)
+        ]
+    )

@@ -11,7 +11,7 @@ For a VAE, clean images and their protected copies, :func:`purification_study` m
 
 Besides the latent and reconstruction columns each row has ``pixel_psnr``: the PSNR of the
 (purified) image itself against the clean one. Each image is purified with the seed the
-purified-set writer would use (:func:`~lightning_cat.purification.purification_generator`).
+purified-set writer would use (:func:`~lightning_cat.purification.purify_images`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from lightning_cat.metrics.latent_distortion import LatentDistortion
 from lightning_cat.metrics.similarity import per_image_psnr
-from lightning_cat.purification.base import Purifier, purification_generator
+from lightning_cat.purification.base import Purifier, purify_images
 
-__all__ = ["PurificationRow", "format_purification_table", "purification_study", "purify_images"]
+__all__ = ["PurificationRow", "format_purification_table", "purification_study"]
 
 _COLUMNS = {
     "latent_mse_relative": "latent MSE rel. vs clean",
@@ -45,20 +45,11 @@ class PurificationRow:
     metrics: dict[str, float]
 
 
-def purify_images(purifier: Purifier, images: torch.Tensor, stems: Sequence[str], seed: int = 0) -> torch.Tensor:
-    """``purifier`` applied image by image, each seeded by its file stem (as a purified set is)."""
-    return torch.cat(
-        [
-            purifier(image.unsqueeze(0), generator=purification_generator(seed, stem))
-            for image, stem in zip(images, stems, strict=True)
-        ]
-    )
-
-
 def _measure(vae, images: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
     metric = LatentDistortion(vae).to(clean.device)
     metric.update(images, clean)
-    values = {key: metric.compute()[key].item() for key in ("latent_mse_relative", "recon_mse", "recon_psnr")}
+    computed = metric.compute()
+    values = {key: computed[key].item() for key in ("latent_mse_relative", "recon_mse", "recon_psnr")}
     values["pixel_psnr"] = per_image_psnr(images, clean).mean().item()
     return values
 
