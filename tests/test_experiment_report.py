@@ -8,7 +8,14 @@ import json
 import pytest
 from PIL import Image
 
-from lightning_cat.experiment.report import ID_COLUMNS, image_grid, metric_columns, write_report, write_results
+from lightning_cat.experiment.report import (
+    ID_COLUMNS,
+    image_grid,
+    metric_columns,
+    summarize,
+    write_report,
+    write_results,
+)
 
 ROWS = [
     {
@@ -69,3 +76,13 @@ def test_non_finite_values_do_not_break_the_report(tmp_path, value):
     assert json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)[0]["fid"] is None
     md, _ = write_report(rows, tmp_path)
     assert str(value) in md.read_text()
+
+
+def test_summary_averages_each_cell_over_its_prompts():
+    second = [{**row, "prompt": "a dslr portrait of sks person", "fid": row["fid"] + 2.0} for row in ROWS]
+    second[0]["clip_iqa"] = float("nan")  # non-finite values are left out of the mean
+    summary = summarize(ROWS + second)
+    assert [(r["protection"], r["defense"]) for r in summary] == [(r["protection"], r["defense"]) for r in ROWS]
+    assert "prompt" not in summary[0]
+    assert summary[1]["fid"] == pytest.approx(31.0) and summary[0]["clip_iqa"] == pytest.approx(0.7)
+    assert summary[2]["linf_255"] == 8

@@ -22,7 +22,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lightning_cat.images import atomic_write_bytes, atomic_write_json
 
-__all__ = ["ID_COLUMNS", "image_grid", "metric_columns", "plot_metric", "write_report", "write_results"]
+__all__ = [
+    "ID_COLUMNS",
+    "image_grid",
+    "metric_columns",
+    "plot_metric",
+    "summarize",
+    "write_report",
+    "write_results",
+]
 
 #: Columns that identify a row of the results table.
 ID_COLUMNS = ("subject", "protection", "defense", "customization", "prompt")
@@ -36,6 +44,28 @@ def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
             if key not in ID_COLUMNS and isinstance(value, (int, float)) and not isinstance(value, bool):
                 columns.setdefault(key, None)
     return list(columns)
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell (every identifying column but ``prompt``): each metric's mean over the
+    cell's prompts, finite values only (a metric with none stays absent)."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    keys = [c for c in ID_COLUMNS if c != "prompt"]
+    for row in rows:
+        cells[tuple(row.get(k) for k in keys)].append(row)
+    summary = []
+    for cell, members in cells.items():
+        entry: dict[str, Any] = dict(zip(keys, cell, strict=True))
+        for metric in metric_columns(members):
+            values = [float(r[metric]) for r in members if _is_finite_number(r.get(metric))]
+            if values:
+                entry[metric] = sum(values) / len(values)
+        summary.append(entry)
+    return summary
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -161,16 +191,20 @@ def write_report(
     notes: Sequence[str] = (),
     grids: Sequence[Path] = (),
 ) -> tuple[Path, Path]:
-    """Write ``report.md`` and a self-contained ``report.html`` (images embedded) with the results
-    table, one bar plot per metric (under ``plots/``) and the given image grids."""
+    """Write ``report.md`` and a self-contained ``report.html`` (images embedded) with a summary
+    table (mean over prompts per cell), the full results table, one bar plot per metric (under
+    ``plots/``) and the given image grids."""
     out = Path(out_dir)
     columns = _columns(rows)
+    summary = summarize(rows)
+    summary_columns = [c for c in columns if c != "prompt"]
     metrics = metric_columns(rows)
     plots = [plot_metric(rows, metric, out / "plots" / f"{_slug(metric)}.png") for metric in metrics]
 
     markdown = [f"# {title}", ""]
     markdown += [f"- {note}" for note in notes] + ([""] if notes else [])
-    markdown += ["## Results", "", _markdown_table(rows, columns), ""]
+    markdown += ["## Summary (mean over prompts)", "", _markdown_table(summary, summary_columns), ""]
+    markdown += ["## Results per prompt", "", _markdown_table(rows, columns), ""]
     if plots:
         markdown += ["## Metrics by protection and defense", ""]
         markdown += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
@@ -188,7 +222,8 @@ def write_report(
     parts += [f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    parts += ["<h2>Results</h2>", _html_table(rows, columns)]
+    parts += ["<h2>Summary (mean over prompts)</h2>", _html_table(summary, summary_columns)]
+    parts += ["<h2>Results per prompt</h2>", _html_table(rows, columns)]
     if plots:
         parts.append("<h2>Metrics by protection and defense</h2>")
         parts += [f"<img alt='{html.escape(p.stem)}' src='{_data_uri(p)}'>" for p in plots]
