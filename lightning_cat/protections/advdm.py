@@ -35,15 +35,9 @@ class AdvDMPlus(ObjectiveProtection):
     ascend: ClassVar[bool] = True
 
     def build_objective(self) -> DiffusionObjective:
-        c = self.components
         return DiffusionObjective(
-            c.vae,
-            c.unet,
-            c.noise_scheduler,
-            self.text_embeddings(self.options["prompt"]),
+            **self.diffusion_objective_args(),
             ascend=self.ascend,
-            timestep_range=self.options["timestep_range"],
-            num_draws=self.options["num_noise_draws"],
         )
 
 

@@ -364,6 +364,18 @@ class ObjectiveProtection(Protection):
     def build_objective(self) -> Objective:
         raise NotImplementedError
 
+    def diffusion_objective_args(self) -> dict[str, Any]:
+        """The arguments every :class:`DiffusionObjective` takes, from the components and options."""
+        c = self.components
+        return {
+            "vae": c.vae,
+            "unet": c.unet,
+            "noise_scheduler": c.noise_scheduler,
+            "embeddings": self.text_embeddings(self.options["prompt"]),
+            "timestep_range": self.options["timestep_range"],
+            "num_draws": self.options["num_noise_draws"],
+        }
+
     def _protect(self, clean, keys, seed, class_images, progress) -> torch.Tensor:
         generators = image_generators(seed, keys)
         return self.pgd.run(clean, self.objective, generators, on_step=lambda loss: progress("pgd", loss))

@@ -53,12 +53,7 @@ class Mist(ObjectiveProtection):
     def build_objective(self) -> MistObjective:
         c = self.components
         return MistObjective(
-            c.vae,
-            c.unet,
-            c.noise_scheduler,
-            self.text_embeddings(self.options["prompt"]),
-            timestep_range=self.options["timestep_range"],
-            num_draws=self.options["num_noise_draws"],
+            **self.diffusion_objective_args(),
             target=TargetLatents(c.vae, self.options["target_image"], when_missing="texture"),
             semantic_weight=self.options["semantic_weight"],
         )

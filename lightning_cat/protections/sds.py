@@ -99,15 +99,9 @@ class SDSPlus(ObjectiveProtection):
     ascend: ClassVar[bool] = True
 
     def build_objective(self) -> SDSObjective:
-        c = self.components
         return SDSObjective(
-            c.vae,
-            c.unet,
-            c.noise_scheduler,
-            self.text_embeddings(self.options["prompt"]),
+            **self.diffusion_objective_args(),
             ascend=self.ascend,
-            timestep_range=self.options["timestep_range"],
-            num_draws=self.options["num_noise_draws"],
         )
 
 
@@ -132,12 +126,7 @@ class SDST(ObjectiveProtection):
     def build_objective(self) -> SDSTargetObjective:
         c = self.components
         return SDSTargetObjective(
-            c.vae,
-            c.unet,
-            c.noise_scheduler,
-            self.text_embeddings(self.options["prompt"]),
-            timestep_range=self.options["timestep_range"],
-            num_draws=self.options["num_noise_draws"],
+            **self.diffusion_objective_args(),
             target=TargetLatents(c.vae, self.options["target_image"], when_missing="texture"),
             sds_weight=self.options["sds_weight"],
         )
