@@ -6,7 +6,7 @@ against the clean images, for clean / uniform noise / random +-eps / each protec
 variants trained on the protected images / the control CAT trained on uniform-noise images.
 
     python benchmarks/cat_fidelity.py                                  # the CPU testbed (tests/data/testbed)
-    python benchmarks/cat_fidelity.py --model stabilityai/stable-diffusion-2-1-base \
+    python benchmarks/cat_fidelity.py --model sd21-base \
         --images data/subject --resolution 512 --rank 128 --learning-rate 1e-4 --steps 10000 \
         --batch-size 4 --attack-steps 1000 --device cuda                # the paper's setting on a GPU
 

@@ -5,7 +5,7 @@ the same images; each runs in its own process so peak memory is its own. Reporte
 steps/s after warm-up, and peak memory (CUDA: max allocated; CPU: peak resident set size).
 
     python benchmarks/cat_throughput.py                                   # tiny model, CPU
-    python benchmarks/cat_throughput.py --model stabilityai/stable-diffusion-2-1-base \
+    python benchmarks/cat_throughput.py --model sd21-base \
         --resolution 512 --rank 128 --batch-size 4 --steps 30 --device cuda
 """
 

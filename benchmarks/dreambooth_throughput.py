@@ -7,7 +7,7 @@ runs in its own process so its peak memory is its own. Reported: optimizer steps
 warm-up and peak memory (CUDA: max allocated; CPU: peak resident set size).
 
     python benchmarks/dreambooth_throughput.py                     # tiny model, 64 px, CPU
-    python benchmarks/dreambooth_throughput.py --model stabilityai/stable-diffusion-2-1-base \
+    python benchmarks/dreambooth_throughput.py --model sd21-base \
         --resolution 512 --steps 30 --device cuda --precision bf16-mixed
 """
 

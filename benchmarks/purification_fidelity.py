@@ -5,7 +5,7 @@ protected images unpurified, each purifier on the protected images and on the cl
 measured against the clean images under one VAE.
 
     python benchmarks/purification_fidelity.py          # the CAT testbed (tests/data/testbed), ~2 min
-    python benchmarks/purification_fidelity.py --model stabilityai/stable-diffusion-2-1-base \
+    python benchmarks/purification_fidelity.py --model sd21-base \
         --clean data/subject --protected outputs/protect/aspl.sd21 --resolution 512 \
         --purifier-configs sd21 --device cuda
 

@@ -90,9 +90,12 @@ class LatentDistortionCallback(Callback):
         self.metrics = torch.nn.ModuleDict(metrics)
 
     def _to_module_device(self, pl_module: LightningModule) -> None:
-        # At setup the module may not be on its device yet; by the start of the loop it is.
+        # At setup the module may not be on its device yet; by the start of the loop it is. The VAEs
+        # also take the module's dtype (float64 under precision 64-true; fp32 under *-mixed).
         if self.metrics is not None:
             self.metrics.to(pl_module.device)
+            for metric in self.metrics.values():
+                metric.vae.to(pl_module.dtype)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._to_module_device(pl_module)

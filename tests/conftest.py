@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +26,45 @@ sys.path.insert(0, str(Path(__file__).parent / "data"))
 import make_images  # noqa: E402
 
 TINY_RESOLUTION = 64
+REPOSITORY = Path(__file__).resolve().parent.parent
+# Written by Python and pytest themselves, not by the tests.
+_TOOL_OUTPUTS = ("__pycache__", ".pytest_cache", ".egg-info")
+_STATUS_BEFORE = pytest.StashKey[set | None]()
+
+
+def _work_tree_status() -> set[str] | None:
+    """``git status`` lines of the repository, ignored files included (None outside a git checkout)."""
+    try:
+        result = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=REPOSITORY, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return {line for line in result.stdout.splitlines() if not any(part in line for part in _TOOL_OUTPUTS)}
+
+
+def pytest_sessionstart(session) -> None:
+    session.config.stash[_STATUS_BEFORE] = _work_tree_status()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the run when the tests added or changed a file in the repository (outputs go to tmp_path)."""
+    before = session.config.stash.get(_STATUS_BEFORE, None)
+    after = _work_tree_status()
+    if before is None or after is None:
+        return
+    added = sorted(after - before)
+    if added:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "the test run wrote into the repository (write to tmp_path instead):\n  " + "\n  ".join(added)
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(message, red=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,13 @@ def test_failing_stage_names_its_log_and_prints_its_end(tmp_path, capsys):
 
 def test_stage_output_goes_to_the_log(tmp_path, photos_dir, capsys):
     config = {
-        "trainer": {"accelerator": "cpu", "max_steps": 1, "logger": False, "enable_checkpointing": False},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "default_root_dir": str(tmp_path),  # where LightningCLI saves its config.yaml
+        },
         "model": {"class_path": "CATAdapterModule", "init_args": {"rank": 2}},
         "data": {"class_path": "ImageFolderDataModule", "init_args": {"root": str(photos_dir), "resolution": 32}},
     }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_cat.diffusion.hub import HUB_MODELS, LOCAL_FOLDER_HINT, resolve_hub_name
 from lightning_cat.diffusion.tiny import TINY_MODELS, ensure_tiny_model
 from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
 
@@ -82,12 +83,12 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
 
     Raises:
         FileNotFoundError: for a path-like name that does not exist locally, or a file.
-        ValueError: for an empty name.
+        ValueError: for an empty name, or a hub id that was removed (the message names the mirror).
     """
     name = str(pretrained_model_name_or_path).strip()
     if not name:
         raise ValueError("pretrained_model_name_or_path is empty; give a diffusers folder, a hub id or 'tiny'")
-    if name in TINY_MODELS or name in TINY_UPSCALERS:
+    if name in TINY_MODELS or name in TINY_UPSCALERS or name in HUB_MODELS:
         return
     local = Path(name).expanduser()
     if local.exists():
@@ -95,19 +96,22 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
             raise FileNotFoundError(f"pretrained_model_name_or_path '{name}' is a file, not a diffusers folder")
         return
     if _looks_like_path(name):
-        tiny = sorted(TINY_MODELS) + list(TINY_UPSCALERS)
+        known = sorted(TINY_MODELS) + list(TINY_UPSCALERS) + list(HUB_MODELS)
         raise FileNotFoundError(
             f"pretrained_model_name_or_path '{name}' looks like a local path but does not exist "
-            f"(or use a hub id such as 'stabilityai/stable-diffusion-2-1-base', or one of {tiny})"
+            f"(or use a hub id, or one of {known})"
         )
+    resolve_hub_name(name)  # refuses removed hub ids
 
 
 def resolve_model_path(pretrained_model_name_or_path: str) -> str:
-    """Map ``tiny``/``tiny-v``/``tiny-upscaler`` to their built cache folder; check local paths; pass hub ids through.
+    """Map a name to what ``from_pretrained`` takes: ``tiny``/``tiny-v``/``tiny-upscaler`` to their built
+    cache folder, a short hub name (``sd21-base``, see :data:`~lightning_cat.diffusion.hub.HUB_MODELS`) to its
+    hub id, a local folder to its path; other hub ids pass through.
 
     Raises:
         FileNotFoundError: for a path-like name that does not exist locally.
-        ValueError: for an empty name.
+        ValueError: for an empty name or a removed hub id.
     """
     check_model_name(pretrained_model_name_or_path)
     name = str(pretrained_model_name_or_path).strip()
@@ -116,7 +120,19 @@ def resolve_model_path(pretrained_model_name_or_path: str) -> str:
     if name in TINY_UPSCALERS:
         return str(ensure_tiny_upscaler(name))
     local = Path(name).expanduser()
-    return str(local) if local.exists() else name
+    return str(local) if local.exists() else resolve_hub_name(name)
+
+
+def _load_error(what: str, path: str, error: OSError) -> OSError:
+    """An ``OSError`` naming what failed to load from where, and the way out for a hub id."""
+    if Path(path).is_dir():
+        return OSError(f"could not load {what} from '{path}': {error}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hint = "HF_HUB_OFFLINE is set, so only already-cached hub models load; " if offline else ""
+    return OSError(
+        f"could not load {what} of hub model '{path}' (the repository may be gone, private or not cached): "
+        f"{hint}{LOCAL_FOLDER_HINT.replace('<id>', path)}. The error was: {error}"
+    )
 
 
 def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
@@ -126,9 +142,7 @@ def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
     except OSError as error:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        hint = " (HF_HUB_OFFLINE is set, so only already-cached hub models can load)" if offline else ""
-        raise OSError(f"could not load '{subfolder}' from '{path}'{hint}: {error}") from error
+        raise _load_error(f"'{subfolder}'", path, error) from error
 
 
 def load_components(
@@ -198,7 +212,10 @@ def load_inference_scheduler(
         else:
             from huggingface_hub import hf_hub_download
 
-            downloaded = hf_hub_download(path, "scheduler/scheduler_config.json", revision=revision)
+            try:
+                downloaded = hf_hub_download(path, "scheduler/scheduler_config.json", revision=revision)
+            except OSError as error:
+                raise _load_error("the scheduler config", path, error) from error
             class_name = json.loads(Path(downloaded).read_text())["_class_name"]
     return _from_pretrained(getattr(diffusers, class_name), path, "scheduler", revision=revision)
 
@@ -241,8 +258,8 @@ def load_upscale_pipeline(
     variant: str | None = None,
     torch_dtype: Any = None,
 ) -> StableDiffusionUpscalePipeline:
-    """A ``StableDiffusionUpscalePipeline`` (e.g. ``stabilityai/stable-diffusion-x4-upscaler`` or
-    ``tiny-upscaler``) without safety checker or watermarker, progress bar off."""
+    """A ``StableDiffusionUpscalePipeline`` (e.g. ``sd-x4-upscaler`` or ``tiny-upscaler``) without
+    safety checker or watermarker, progress bar off."""
     import torch
     from diffusers import StableDiffusionUpscalePipeline
 
@@ -263,8 +280,6 @@ def load_upscale_pipeline(
             **dtype,
         )
     except OSError as error:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        hint = " (HF_HUB_OFFLINE is set, so only already-cached hub models can load)" if offline else ""
-        raise OSError(f"could not load the upscaler pipeline '{path}'{hint}: {error}") from error
+        raise _load_error("the upscaler pipeline", path, error) from error
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -1,6 +1,6 @@
 """The offline tiny x4 upscaler (``tiny-upscaler``): a ``StableDiffusionUpscalePipeline`` folder.
 
-Shaped like ``stabilityai/stable-diffusion-x4-upscaler``: the UNet takes the noisy latent (4
+Shaped like the SD x4 upscaler (``sd-x4-upscaler``): the UNet takes the noisy latent (4
 channels) concatenated with the noised low-resolution image (3 channels) and the noise level as a
 class label; the VAE decodes latents at the low-resolution size to images 4x larger (scaling
 factor 0.08333); the sampling scheduler is a v-prediction DDIM and the low-resolution image is

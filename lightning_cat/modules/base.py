@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from lightning_cat.diffusion import DiffusionComponents, load_components, weight_dtype
+from lightning_cat.diffusion import DiffusionComponents, check_model_name, load_components, weight_dtype
 
 __all__ = ["DiffusionModule"]
 
@@ -36,6 +36,7 @@ class DiffusionModule(LightningModule):
         variant: str | None = None,
     ) -> None:
         super().__init__()
+        check_model_name(pretrained_model_name_or_path)  # cheap: a bad or removed name fails before any work
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.revision = revision
         self.variant = variant

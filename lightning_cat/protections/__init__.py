@@ -5,7 +5,7 @@ No Lightning is needed. The one-call API protects a batch of images with loaded 
     from lightning_cat.diffusion import load_components
     from lightning_cat.protections import protect
 
-    components = load_components("stabilityai/stable-diffusion-2-1-base")
+    components = load_components("sd21-base")
     protected = protect(
         images,                  # float [B, 3, H, W] in [-1, 1] (on the 8-bit grid, e.g. from a PNG)
         method="advdm_plus",     # a key of PROTECTIONS

@@ -91,7 +91,7 @@ class GrIDPure(LatentDiffusionPurifier):
 
     def __init__(
         self,
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base",
+        pretrained_model_name_or_path: str = "sd21-base",
         timestep: int = 10,
         num_inference_steps: int | None = None,
         iterations: int = 20,

@@ -137,7 +137,7 @@ class IMPRESS(PretrainedPurifier):
 
     def __init__(
         self,
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base",
+        pretrained_model_name_or_path: str = "sd21-base",
         iterations: int = 3000,
         weight: float = 0.1,
         margin: float = 0.1,

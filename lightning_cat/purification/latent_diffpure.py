@@ -133,7 +133,7 @@ class LatentDiffPure(LatentDiffusionPurifier):
 
     def __init__(
         self,
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base",
+        pretrained_model_name_or_path: str = "sd21-base",
         timestep: int = 100,
         num_inference_steps: int | None = None,
         prompt: str = "",

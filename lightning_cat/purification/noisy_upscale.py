@@ -15,7 +15,7 @@ from lightning_cat.purification.restoration import FaceRestorer
 
 __all__ = ["NoisyUpscale", "low_resolution_size"]
 
-#: ``max_noise_level`` of stabilityai/stable-diffusion-x4-upscaler (the pipeline checks it again).
+#: ``max_noise_level`` of the SD x4 upscaler (``sd-x4-upscaler``) (the pipeline checks it again).
 MAX_NOISE_LEVEL = 350
 UPSCALE_FACTOR = 4
 _RESAMPLE = {
@@ -63,7 +63,7 @@ class NoisyUpscale(PretrainedPurifier):
 
     def __init__(
         self,
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-x4-upscaler",
+        pretrained_model_name_or_path: str = "sd-x4-upscaler",
         prompt: str = "A photo of a {class_name}",
         class_name: str = "person",
         negative_prompt: str | None = None,
