@@ -113,7 +113,9 @@ def test_every_imported_package_is_declared():
 
 def test_code_is_linted_and_formatted():
     ruff = [sys.executable, "-m", "ruff"]
-    check = subprocess.run(ruff + ["check", "--quiet", str(ROOT)], capture_output=True, text=True)
+    check = subprocess.run(ruff + ["check", "--quiet", "--no-cache", str(ROOT)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout[-3000:]
-    fmt = subprocess.run(ruff + ["format", "--check", "--quiet", str(ROOT)], capture_output=True, text=True)
+    fmt = subprocess.run(
+        ruff + ["format", "--check", "--quiet", "--no-cache", str(ROOT)], capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout[-3000:]

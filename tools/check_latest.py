@@ -85,6 +85,13 @@ def run(command: list[str], *, log: Path | None = None, cwd: Path = ROOT, check:
     return output
 
 
+def freeze(python: Path) -> str:
+    """``pip freeze`` of the environment, setuptools included (torch needs it), pip and the project left out."""
+    output = run([str(python), "-m", "pip", "freeze", "--all", "--exclude-editable"])
+    lines = [line for line in output.splitlines() if line and not line.startswith(("#", "pip=="))]
+    return "\n".join(lines) + "\n"
+
+
 def failing_tests(output: str) -> list[str]:
     return sorted({m.group(2) for line in output.splitlines() if (m := _SUMMARY.match(line))})
 
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             print("check-latest: note: pip on this machine applies a constraint file (pip config list):")
             print("  " + "\n  ".join(line for line in caps.splitlines() if "constraint" in line))
 
-        latest = read_versions(run([str(python), "-m", "pip", "freeze", "--exclude-editable"]))
+        latest = read_versions(freeze(python))
         locked = read_versions(LOCK.read_text())
         changed = {n: (locked[n], v) for n, v in latest.items() if n in locked and locked[n] != v}
         added = sorted(set(latest) - set(locked))
@@ -151,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nthe suite passes on the newest releases")
             if args.write_lock:
                 header = [line for line in LOCK.read_text().splitlines() if line.startswith("#")]
-                frozen = run([str(python), "-m", "pip", "freeze", "--exclude-editable"]).splitlines()
-                LOCK.write_text("\n".join(header + [line for line in frozen if not line.startswith("#")]) + "\n")
+                LOCK.write_text("\n".join(header + freeze(python).splitlines()) + "\n")
                 print(f"wrote {LOCK.relative_to(ROOT)}: commit it, and lift the caps it no longer needs")
             return 0
 
