@@ -1,6 +1,6 @@
 """CAT fidelity study for any VAE: does a CAT adapter undo a protection beyond fitting the VAE?
 
-Prints (and optionally writes) the table of lightning_cat.cat.fidelity: latent distortion
+Prints (and optionally writes) the table of lightning_cat.studies.cat_fidelity: latent distortion
 (relative, under the same encoder, and against the original clean latents), reconstruction error
 against the clean images, for clean / uniform noise / random +-eps / each protection / CAT
 variants trained on the protected images / the control CAT trained on uniform-noise images.
@@ -63,14 +63,14 @@ def main() -> None:
 
     import torch
 
-    from lightning_cat.cat.fidelity import (
+    from lightning_cat.diffusion import load_vae
+    from lightning_cat.studies.cat_fidelity import (
         checkerboard,
         fidelity_study,
         format_fidelity_table,
         reconstruction_attack,
         target_latent_encoder_attack,
     )
-    from lightning_cat.diffusion import load_vae
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

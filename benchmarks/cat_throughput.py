@@ -43,8 +43,8 @@ def run_plain(args) -> dict:
     import torch
 
     from lightning_cat.cat import CATLoss, add_cat_adapter, cat_lora_config, cat_optimizer, per_image_noise
-    from lightning_cat.diffusion import load_vae
-    from lightning_cat.diffusion.training import apply_gradients
+    from lightning_cat.diffusion import latent_shape, load_vae
+    from lightning_cat.optimization import apply_gradients
 
     torch.manual_seed(0)
     images = _images(args.batch_size, args.resolution, args.device)
@@ -53,9 +53,7 @@ def run_plain(args) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = cat_optimizer(trainable, args.warmup + args.steps)
     loss = CATLoss("mse")
-    base = model.get_base_model().config
-    factor = 2 ** (len(base.block_out_channels) - 1)
-    shape = (base.latent_channels, args.resolution // factor, args.resolution // factor)
+    shape = latent_shape(model.get_base_model(), images.shape)
     indices = list(range(args.batch_size))
     start = 0.0
     for step in range(args.warmup + args.steps):

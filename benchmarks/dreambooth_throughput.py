@@ -62,8 +62,8 @@ def run_plain(args) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from lightning_cat.customization.lora import UNET_LORA_TARGETS, add_lora
     from lightning_cat.diffusion import load_components
-    from lightning_cat.diffusion.lora import UNET_LORA_TARGETS, add_lora
 
     torch.manual_seed(0)
     dm = _data(args)

@@ -1,6 +1,6 @@
 """Purification on a protected set: latent distortion and reconstruction error before and after.
 
-Prints the table of lightning_cat.purification.study for every purifier (or --purifiers): the
+Prints the table of lightning_cat.studies.purification for every purifier (or --purifiers): the
 protected images unpurified, each purifier on the protected images and on the clean images, all
 measured against the clean images under one VAE.
 
@@ -60,7 +60,7 @@ def main() -> None:
     from lightning_cat.diffusion import load_vae
     from lightning_cat.images import ImageTransform
     from lightning_cat.purification import PURIFIERS, build_purifier
-    from lightning_cat.purification.study import format_purification_table, purification_study
+    from lightning_cat.studies.purification import format_purification_table, purification_study
 
     torch.set_num_threads(args.threads)
     names = args.purifiers.split(",") if args.purifiers else list(PURIFIERS)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_cat.diffusion.cat import load_cat_vae
+from lightning_cat.cat.adapter import load_cat_vae
 from lightning_cat.diffusion.loading import load_vae
 from lightning_cat.metrics.latent_distortion import LatentDistortion
 

@@ -31,7 +31,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from lightning_cat.images import atomic_write_json, save_png
+from lightning_cat.atomic import atomic_write_json
+from lightning_cat.images import save_png
 
 __all__ = ["SAMPLES_FILE", "SampleWriter"]
 

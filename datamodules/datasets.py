@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lightning_cat.images import ImageInputError, ImageTransform, list_images, load_image, pil_to_tensor, to_uint8
+from lightning_cat.images import ImageInputError, ImageTransform, list_images, load_image, pil_to_tensor
 from lightning_cat.imageset import read_manifest
+from lightning_cat.pixels import from_levels, to_uint8
 from lightning_cat.purification.base import Purifier, purification_generator
 
 __all__ = ["DreamBoothDataset", "ImageFolderDataset", "PairedImageDataset", "read_manifest"]
@@ -85,7 +86,7 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The preprocessed float image ``[3, R, R]`` in ``[-1, 1]`` for ``index``."""
-        image = self._prepared(index).float() / 127.5 - 1.0
+        image = from_levels(self._prepared(index))
         if self.transform.is_deterministic:
             return image
         # Augmentation draws from torch's global RNG, which Lightning seeds per run and per worker.

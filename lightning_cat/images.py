@@ -17,9 +17,8 @@ Mode conversions (documented, not errors):
 
 from __future__ import annotations
 
-import json
+import io
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,19 +28,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lightning_cat.atomic import atomic_write_bytes
+from lightning_cat.pixels import from_levels, to_uint8
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageInputError",
     "ImageTransform",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "list_images",
     "load_image",
     "pil_to_tensor",
-    "staging_dir",
     "save_png",
     "tensor_to_pil",
-    "to_uint8",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -137,13 +135,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB PIL image -> float ``[3, H, W]`` in ``[-1, 1]`` (exactly ``v / 127.5 - 1``)."""
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32)
-    return tensor / 127.5 - 1.0
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` floats -> uint8 ``[0, 255]`` by rounding (the value a PNG will store)."""
-    return ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return from_levels(torch.from_numpy(array.copy()).permute(2, 0, 1))
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
@@ -235,48 +227,8 @@ def _check_choice(owner: str, option: str, value: Any, allowed: Sequence[Any]) -
         raise ValueError(f"{owner}: {option}={value!r} is not one of {list(allowed)}")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def staging_dir(target: str | os.PathLike) -> Path:
-    """A new hidden folder beside ``target`` with a normal folder's mode, to be renamed onto it.
-
-    (``tempfile.mkdtemp`` alone makes it private, 0700, which the renamed result would keep.)
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o777 & ~_umask())
-    return staging
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
 def save_png(image: torch.Tensor | Image.Image, path: str | os.PathLike) -> None:
     """Atomically save a ``[3, H, W]`` tensor in ``[-1, 1]`` (or a PIL image) as an 8-bit PNG."""
-    import io
-
     pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
     buffer = io.BytesIO()
     pil.save(buffer, format="PNG")

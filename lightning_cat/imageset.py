@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightning_cat.images import IMAGE_EXTENSIONS, ImageInputError, atomic_write_json, to_uint8
+from lightning_cat.atomic import atomic_write_json
+from lightning_cat.images import IMAGE_EXTENSIONS, ImageInputError
+from lightning_cat.pixels import to_uint8
 
 __all__ = [
     "MANIFEST",

@@ -19,8 +19,8 @@ import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 
 from lightning_cat.callbacks import SampleWriter  # noqa: E402
+from lightning_cat.customization.lora import lora_parameters
 from lightning_cat.datamodules import DreamBoothDataModule, PromptDataModule  # noqa: E402
-from lightning_cat.diffusion.lora import lora_parameters  # noqa: E402
 from lightning_cat.modules import DreamBoothModule, SamplingModule  # noqa: E402
 
 PROMPTS = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_cat.cat.adapter import add_cat_adapter, cat_lora_config, load_cat_vae, save_cat_adapter
 from lightning_cat.diffusion import load_vae
-from lightning_cat.diffusion.cat import add_cat_adapter, cat_lora_config, load_cat_vae, save_cat_adapter
 
 
 def _adapted_layers(model):

@@ -22,7 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_cat.cat.fidelity import (
+from lightning_cat.datamodules import ImageFolderDataset
+from lightning_cat.diffusion import load_vae
+from lightning_cat.images import ImageTransform
+from lightning_cat.metrics import LatentDistortion
+from lightning_cat.studies.cat_fidelity import (
     checkerboard,
     fidelity_study,
     format_fidelity_table,
@@ -31,10 +35,6 @@ from lightning_cat.cat.fidelity import (
     target_latent_encoder_attack,
     uniform_noise,
 )
-from lightning_cat.datamodules import ImageFolderDataset
-from lightning_cat.diffusion import load_vae
-from lightning_cat.images import ImageTransform
-from lightning_cat.metrics import LatentDistortion
 
 TESTBED = Path(__file__).parent / "data" / "testbed"
 RESOLUTION = 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_cat.diffusion.cdl import ContrastiveDecoupling, join_negative_prompts
+from lightning_cat.customization.cdl import ContrastiveDecoupling, join_negative_prompts
 
 INSTANCE, CLASS, SAMPLE = "a photo of sks person", "a photo of person", "a dslr portrait of sks person"
 

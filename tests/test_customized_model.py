@@ -13,11 +13,11 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from lightning_cat.callbacks import SampleWriter
+from lightning_cat.cat.adapter import add_cat_adapter, cat_lora_config, load_cat_vae, save_cat_adapter
 from lightning_cat.datamodules import DreamBoothDataModule, PromptDataModule
 from lightning_cat.diffusion import DiffusionComponents, build_pipeline, latent_distribution, load_vae
-from lightning_cat.diffusion.cat import add_cat_adapter, cat_lora_config, load_cat_vae, save_cat_adapter
-from lightning_cat.diffusion.sampling import generate_images
 from lightning_cat.modules import DreamBoothModule, SamplingModule
+from lightning_cat.sampling.generation import generate_images
 
 PROMPTS = ["a photo of sks person", "a dslr portrait of sks person"]
 STEPS = 2  # denoising steps: enough to exercise the whole pipeline

@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
+from lightning_cat.customization import dreambooth_loss, dreambooth_rows
 from lightning_cat.datamodules import DreamBoothDataModule
 from lightning_cat.diffusion import (
     LatentCache,
-    dreambooth_loss,
-    dreambooth_rows,
     encode_prompts,
     latent_distribution,
     load_components,

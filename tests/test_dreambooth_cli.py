@@ -11,9 +11,9 @@ import torch
 import yaml
 from diffusers import StableDiffusionPipeline
 
+from lightning_cat.cat.adapter import add_cat_adapter, cat_lora_config, save_cat_adapter
 from lightning_cat.cli import main
 from lightning_cat.diffusion import load_vae
-from lightning_cat.diffusion.cat import add_cat_adapter, cat_lora_config, save_cat_adapter
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "dreambooth"
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_cat.images import ImageInputError, ImageTransform, list_images, load_image, save_png, to_uint8
+from lightning_cat.images import ImageInputError, ImageTransform, list_images, load_image, save_png
+from lightning_cat.pixels import to_uint8
 
 
 def test_conversions_are_documented_and_correct(odd_images):
@@ -97,7 +98,7 @@ def test_atomic_writes_get_the_umask_mode(tmp_path):
     """Written files and staged folders are not left private (mkstemp/mkdtemp's 0600/0700)."""
     import os
 
-    from lightning_cat.images import atomic_write_json, staging_dir
+    from lightning_cat.atomic import atomic_write_json, staging_dir
 
     previous = os.umask(0o022)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_cat.cat.adapter import add_cat_adapter, cat_lora_config
 from lightning_cat.diffusion import load_vae
-from lightning_cat.diffusion.cat import add_cat_adapter, cat_lora_config
 from lightning_cat.metrics import LatentDistortion
 
 

@@ -8,7 +8,7 @@ import torch
 from lightning_cat.images import save_png
 from lightning_cat.imageset import measure_saved_image
 from lightning_cat.protections import PGD, to_model_units
-from lightning_cat.protections.base import image_generators
+from lightning_cat.seeding import image_generators
 
 
 def _grid_images(batch: int = 3, size: int = 16) -> torch.Tensor:

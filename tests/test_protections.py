@@ -15,9 +15,9 @@ from lightning_cat.diffusion import load_components
 from lightning_cat.images import save_png
 from lightning_cat.imageset import measure_saved_image
 from lightning_cat.protections import PROTECTIONS, DiffusionObjective, build_protection, protect
-from lightning_cat.protections.base import image_generators
 from lightning_cat.protections.sds import SDSObjective
 from lightning_cat.protections.surrogate import cross_attention_kv_parameters
+from lightning_cat.seeding import image_generators
 
 KEYS = ["astronaut", "chelsea"]
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from lightning_cat.images import ImageTransform, load_image, pil_to_tensor, tensor_to_pil, to_uint8
+from lightning_cat.images import ImageTransform, load_image, pil_to_tensor, tensor_to_pil
+from lightning_cat.pixels import to_uint8
 from lightning_cat.purification import PURIFIERS, GaussianBlur, JPEGCompression, ResizeDownUp, TVDenoise, build_purifier
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lightning_cat.diffusion import decode_latents, latent_distribution, load_components, scale_latents
-from lightning_cat.images import ImageTransform, load_image, to_uint8
+from lightning_cat.images import ImageTransform, load_image
+from lightning_cat.pixels import to_uint8
 from lightning_cat.purification import (
     IMPRESS,
     PURIFIERS,

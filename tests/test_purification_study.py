@@ -13,7 +13,7 @@ from lightning_cat.diffusion import load_vae
 from lightning_cat.images import ImageTransform
 from lightning_cat.metrics import LatentDistortion
 from lightning_cat.purification import build_purifier
-from lightning_cat.purification.study import format_purification_table, purification_study
+from lightning_cat.studies.purification import format_purification_table, purification_study
 
 TESTBED = Path(__file__).resolve().parent / "data" / "testbed"
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from lightning_cat.cli import main
 from lightning_cat.datamodules import ImageFolderDataModule
-from lightning_cat.images import to_uint8
 from lightning_cat.imageset import measure_saved_image, read_manifest
+from lightning_cat.pixels import to_uint8
 from lightning_cat.purification import JPEGCompression, LatentDiffPure
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "purify"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_cat.customization import dreambooth_loss
 from lightning_cat.diffusion import (
     LatentDistribution,
-    apply_gradients,
     diffusion_loss,
-    dreambooth_loss,
     encode_latents,
     encode_prompts,
     latent_distribution,
@@ -18,6 +17,7 @@ from lightning_cat.diffusion import (
     snr_weights,
     weight_dtype,
 )
+from lightning_cat.optimization import apply_gradients
 
 
 @pytest.fixture(scope="module")

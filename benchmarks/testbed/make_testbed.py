@@ -201,9 +201,9 @@ def train_vae(args, subjects: dict[str, torch.Tensor]):
 
 def write_sets(folder: Path, vae, subjects: dict[str, torch.Tensor], seed: int) -> dict:
     """clean/ and protected/ PNGs (with a manifest) of the subjects; returns the attack options."""
-    from lightning_cat.cat.fidelity import checkerboard, target_latent_encoder_attack
     from lightning_cat.images import ImageTransform, save_png
     from lightning_cat.imageset import measure_saved_image, write_manifest
+    from lightning_cat.studies.cat_fidelity import checkerboard, target_latent_encoder_attack
 
     clean = torch.stack(list(subjects.values()))
     options = {"eps_255": 16.0, "step_size_255": 1.0, "steps": 100, "random_start": False}

@@ -1,19 +1,17 @@
-"""CAT (Peng et al., ICML 2025) in plain torch: the objective, the training loop, the fidelity study.
+"""CAT (Peng et al., ICML 2025) in plain torch: LoRA adapters on the VAE (config per variant,
+export, load), the objective, and a Trainer-free training loop."""
 
-The adapter plumbing (LoRA config per variant, export, loading) is in
-:mod:`lightning_cat.diffusion.cat` and re-exported here.
-"""
-
-from lightning_cat.cat.loss import CAT_LOSSES, CATLoss, CATLossOutput, cat_reconstruction
-from lightning_cat.cat.training import LR_SCHEDULERS, cat_optimizer, per_image_noise, train_cat_adapter
-from lightning_cat.diffusion.cat import (
+from lightning_cat.cat.adapter import (
     CAT_TARGET_MODULES,
     CAT_VARIANTS,
     add_cat_adapter,
     cat_lora_config,
+    cat_target_modules,
     load_cat_vae,
     save_cat_adapter,
 )
+from lightning_cat.cat.loss import CAT_LOSSES, CATLoss, CATLossOutput, cat_reconstruction
+from lightning_cat.cat.training import LR_SCHEDULERS, cat_optimizer, per_image_noise, train_cat_adapter
 
 __all__ = [
     "CAT_LOSSES",
@@ -26,6 +24,7 @@ __all__ = [
     "cat_lora_config",
     "cat_optimizer",
     "cat_reconstruction",
+    "cat_target_modules",
     "load_cat_vae",
     "per_image_noise",
     "save_cat_adapter",

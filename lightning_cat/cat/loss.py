@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lightning_cat.diffusion.training import latent_distribution
+from lightning_cat.diffusion.latents import latent_distribution
 
 __all__ = ["CAT_LOSSES", "CATLoss", "CATLossOutput", "cat_reconstruction"]
 

@@ -7,16 +7,16 @@ study and the benchmarks use.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
+from lightning_cat.cat.adapter import add_cat_adapter, cat_lora_config
 from lightning_cat.cat.loss import CATLoss
-from lightning_cat.diffusion.cat import add_cat_adapter, cat_lora_config
-from lightning_cat.diffusion.training import apply_gradients
+from lightning_cat.optimization import apply_gradients
+from lightning_cat.seeding import derive_seed
 
 __all__ = ["LR_SCHEDULERS", "cat_optimizer", "per_image_noise", "train_cat_adapter"]
 
@@ -47,11 +47,6 @@ def cat_optimizer(
     return optimizer, scheduler
 
 
-def _seed(*parts: int) -> int:
-    digest = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 def per_image_noise(shape: Sequence[int], indices: Sequence[int] | torch.Tensor, seed: int, step: int) -> torch.Tensor:
     """Standard normal noise ``[len(indices), *shape]``, drawn per (seed, step, image index).
 
@@ -60,7 +55,9 @@ def per_image_noise(shape: Sequence[int], indices: Sequence[int] | torch.Tensor,
     """
     indices = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
     draws = [
-        torch.randn(tuple(shape), generator=torch.Generator().manual_seed(_seed(seed, step, index)))
+        torch.randn(
+            tuple(shape), generator=torch.Generator().manual_seed(derive_seed(int(seed), int(step), int(index)))
+        )
         for index in indices
     ]
     return torch.stack(draws)
@@ -93,7 +90,7 @@ def train_cat_adapter(
         vae: the frozen ``AutoencoderKL``; it is wrapped, not copied (pass a fresh copy to keep
             the base model unchanged: peft injects the LoRA layers in place).
         images: ``[N, 3, H, W]`` in ``[-1, 1]`` on the VAE's device.
-        adapter_variant, rank, alpha, init: see :func:`lightning_cat.diffusion.cat.cat_lora_config`.
+        adapter_variant, rank, alpha, init: see :func:`lightning_cat.cat.adapter.cat_lora_config`.
         steps, batch_size, learning_rate, weight_decay, lr_scheduler, max_grad_norm: optimisation.
         loss: the objective (default: squared error, the released CAT objective).
         seed: seed of the LoRA init, the batch order and the latent noise.

@@ -1,5 +1,19 @@
-"""Plain torch / diffusers code: model loading, the offline tiny model, training helpers."""
+"""Generic Stable Diffusion plumbing in plain torch/diffusers: loading a checkpoint by path, hub id
+or short name, the offline tiny models, latents, prompts, noise and the denoising objective."""
 
+from lightning_cat.diffusion.denoising import diffusion_loss, sample_noise_and_timesteps, snr_weights, training_target
+from lightning_cat.diffusion.hub import HUB_MODELS, REMOVED_HUB_IDS
+from lightning_cat.diffusion.latents import (
+    LatentCache,
+    LatentDistribution,
+    decode_latents,
+    encode_latents,
+    latent_distribution,
+    latent_shape,
+    scale_latents,
+    unscale_latents,
+    vae_scale_factor,
+)
 from lightning_cat.diffusion.loading import (
     COMPONENTS,
     SCHEDULERS,
@@ -11,54 +25,33 @@ from lightning_cat.diffusion.loading import (
     load_upscale_pipeline,
     load_vae,
     resolve_model_path,
-)
-from lightning_cat.diffusion.tiny import TINY_MODELS, TINY_RESOLUTION, ensure_tiny_model
-from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
-from lightning_cat.diffusion.training import (
-    DreamBoothLoss,
-    DreamBoothRows,
-    LatentCache,
-    LatentDistribution,
-    apply_gradients,
-    decode_latents,
-    diffusion_loss,
-    dreambooth_loss,
-    dreambooth_rows,
-    encode_latents,
-    encode_prompts,
-    latent_distribution,
-    sample_noise_and_timesteps,
-    scale_latents,
-    snr_weights,
-    tokenize_prompts,
-    training_target,
-    unscale_latents,
     weight_dtype,
 )
+from lightning_cat.diffusion.text import encode_prompts, tokenize_prompts
+from lightning_cat.diffusion.tiny import TINY_MODELS, TINY_RESOLUTION, ensure_tiny_model
+from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
 
 __all__ = [
     "COMPONENTS",
+    "HUB_MODELS",
+    "REMOVED_HUB_IDS",
     "SCHEDULERS",
     "TINY_MODELS",
     "TINY_RESOLUTION",
     "TINY_UPSCALERS",
     "DiffusionComponents",
-    "DreamBoothLoss",
-    "DreamBoothRows",
     "LatentCache",
     "LatentDistribution",
-    "apply_gradients",
     "build_pipeline",
     "check_model_name",
     "decode_latents",
     "diffusion_loss",
-    "dreambooth_loss",
-    "dreambooth_rows",
     "encode_latents",
     "encode_prompts",
     "ensure_tiny_model",
     "ensure_tiny_upscaler",
     "latent_distribution",
+    "latent_shape",
     "load_components",
     "load_inference_scheduler",
     "load_upscale_pipeline",
@@ -70,5 +63,6 @@ __all__ = [
     "tokenize_prompts",
     "training_target",
     "unscale_latents",
+    "vae_scale_factor",
     "weight_dtype",
 ]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from lightning_cat.diffusion.hub import HUB_MODELS, LOCAL_FOLDER_HINT, resolve_hub_name
 from lightning_cat.diffusion.tiny import TINY_MODELS, ensure_tiny_model
 from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
@@ -39,6 +41,7 @@ __all__ = [
     "load_upscale_pipeline",
     "load_vae",
     "resolve_model_path",
+    "weight_dtype",
 ]
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "noise_scheduler")
@@ -72,6 +75,16 @@ class DiffusionComponents:
         if self.noise_scheduler is None:
             raise ValueError("the noise scheduler was not loaded")
         return self.noise_scheduler.config.prediction_type
+
+
+def weight_dtype(precision: str | int | None) -> torch.dtype:
+    """The dtype frozen weights take under a Lightning ``precision`` setting (fp32 unless half)."""
+    text = str(precision)
+    if text.startswith("bf16"):
+        return torch.bfloat16
+    if text.startswith("16") or text == "half":
+        return torch.float16
+    return torch.float32
 
 
 def _looks_like_path(name: str) -> bool:
@@ -260,7 +273,6 @@ def load_upscale_pipeline(
 ) -> StableDiffusionUpscalePipeline:
     """A ``StableDiffusionUpscalePipeline`` (e.g. ``sd-x4-upscaler`` or ``tiny-upscaler``) without
     safety checker or watermarker, progress bar off."""
-    import torch
     from diffusers import StableDiffusionUpscalePipeline
 
     path = resolve_model_path(pretrained_model_name_or_path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_cat.images import staging_dir
+from lightning_cat.atomic import staging_dir
 
 __all__ = [
     "TINY_MODELS",

@@ -177,7 +177,7 @@ def load_experiment_config(path: str | os.PathLike, overrides: dict[str, Any] | 
     Raises:
         ExperimentConfigError: naming the first invalid entry and what is allowed.
     """
-    from lightning_cat.diffusion.cat import CAT_VARIANTS
+    from lightning_cat.cat.adapter import CAT_VARIANTS
     from lightning_cat.protections import PROTECTIONS
     from lightning_cat.purification import PURIFIERS
 

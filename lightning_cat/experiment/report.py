@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from lightning_cat.images import atomic_write_bytes, atomic_write_json
+from lightning_cat.atomic import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "ID_COLUMNS",

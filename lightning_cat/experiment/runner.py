@@ -33,11 +33,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lightning_cat.atomic import atomic_write_json
 from lightning_cat.experiment.config import CLEAN_PROTECTIONS, SKIMAGE_PREFIX, Defense, ExperimentConfig
 from lightning_cat.experiment.report import image_grid, write_report, write_results
 from lightning_cat.experiment.stages import StageCommand, callback_args, data_args, load_stage_config, model_args
 from lightning_cat.experiment.store import StageResult, StageStore, file_fingerprint, fingerprint
-from lightning_cat.images import atomic_write_json, list_images
+from lightning_cat.images import list_images
 
 __all__ = ["ExperimentRunner", "run_experiment"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from lightning_cat.images import atomic_write_bytes
+from lightning_cat.atomic import atomic_write_bytes
 
 __all__ = ["StageCommand", "callback_args", "data_args", "load_stage_config", "model_args", "set_path"]
 

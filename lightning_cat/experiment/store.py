@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_cat.images import atomic_write_json
+from lightning_cat.atomic import atomic_write_json, replace_dir
 
 __all__ = ["MARKER", "StageResult", "StageStore", "fingerprint", "file_fingerprint"]
 
@@ -100,10 +100,5 @@ class StageStore:
             partial / MARKER,
             {"fingerprint": stage_fingerprint, "seconds": round(time.time() - started, 3), "info": info},
         )
-        stale = final.with_name(final.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():
-            os.rename(final, stale)
-        os.rename(partial, final)
-        shutil.rmtree(stale, ignore_errors=True)
+        replace_dir(partial, final)
         return StageResult(final, stage_fingerprint, skipped=False, info=info)

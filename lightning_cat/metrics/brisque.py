@@ -31,6 +31,8 @@ import torch
 from scipy import optimize, signal, special
 from torchmetrics import Metric
 
+from lightning_cat.pixels import to_uint8
+
 __all__ = ["BRISQUE", "BRISQUEModel", "brisque_features", "brisque_model_dir", "load_brisque_model"]
 
 _LUMA = np.array([0.2125, 0.7154, 0.0721])  # skimage.color.rgb2gray weights
@@ -232,7 +234,7 @@ class BRISQUE(Metric):
 
     def scores(self, images: torch.Tensor) -> np.ndarray:
         """Per-image scores of ``[B, 3, H, W]`` images in ``[-1, 1]`` (rounded to 8 bits first)."""
-        pixels = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        pixels = to_uint8(images.cpu())
         features = np.stack([brisque_features(p.permute(1, 2, 0).numpy()) for p in pixels])
         return self.model.predict(features)
 

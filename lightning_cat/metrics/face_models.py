@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_cat.pixels import to_levels
+
 __all__ = ["FaceDetector", "FaceEmbedder", "FacenetEmbedder", "MTCNNDetector", "crop_faces"]
 
 
@@ -42,11 +44,6 @@ class FaceEmbedder(Protocol):
     """``embedder(images, boxes [B, 4]) -> [B, D]`` identity embeddings."""
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor: ...
-
-
-def _to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` -> 8-bit values (as float) ``[B, 3, H, W]``, rounded like a saved PNG."""
-    return ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255)
 
 
 def crop_faces(images: torch.Tensor, boxes: torch.Tensor, size: int, margin: float = 0.0) -> torch.Tensor:
@@ -105,7 +102,7 @@ class MTCNNDetector(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         device = next(self.mtcnn.parameters()).device
         self.mtcnn.device = device  # facenet-pytorch moves inputs to this attribute's device
-        pixels = _to_pixels(images).permute(0, 2, 3, 1).to(device)  # MTCNN takes [B, H, W, 3] in 0..255
+        pixels = to_levels(images).permute(0, 2, 3, 1).to(device)  # MTCNN takes [B, H, W, 3] in 0..255
         with torch.autocast(device.type, enabled=False):
             batch_boxes, batch_probs = self.mtcnn.detect(pixels)
         results = []
@@ -173,6 +170,6 @@ class FacenetEmbedder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        faces = crop_faces(_to_pixels(images), boxes, self.input_size, self.margin)
+        faces = crop_faces(to_levels(images), boxes, self.input_size, self.margin)
         with torch.autocast(faces.device.type, enabled=False):
             return self.net((faces - 127.5) / 128.0)

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lightning_cat.pixels import to_uint8
+
 __all__ = ["InceptionFeatures", "RandomFeatureExtractor", "load_inception", "module_identity"]
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)
@@ -37,8 +39,7 @@ class InceptionFeatures(nn.Module):
         self.num_features = num_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return self.inception(pixels).reshape(images.shape[0], -1)
+        return self.inception(to_uint8(images)).reshape(images.shape[0], -1)
 
 
 def load_inception(

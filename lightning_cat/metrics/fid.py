@@ -32,7 +32,8 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from tqdm.auto import tqdm
 
-from lightning_cat.images import ImageTransform, atomic_write_bytes, list_images
+from lightning_cat.atomic import atomic_write_bytes
+from lightning_cat.images import ImageTransform, list_images
 from lightning_cat.metrics.feature_extractors import module_identity
 from lightning_cat.metrics.folders import iter_image_batches
 

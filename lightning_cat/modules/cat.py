@@ -20,9 +20,10 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_cat.cat.adapter import CAT_VARIANTS, add_cat_adapter, cat_lora_config, save_cat_adapter
 from lightning_cat.cat.loss import CAT_LOSSES, CATLoss
 from lightning_cat.cat.training import LR_SCHEDULERS, cat_optimizer, per_image_noise
-from lightning_cat.diffusion.cat import CAT_VARIANTS, add_cat_adapter, cat_lora_config, save_cat_adapter
+from lightning_cat.diffusion.latents import latent_shape
 from lightning_cat.modules.base import DiffusionModule
 from lightning_cat.perceptual import LPIPS_NETS, load_lpips
 
@@ -119,9 +120,6 @@ class CATAdapterModule(DiffusionModule):
         self.cat_loss = CATLoss(loss, lpips=lpips, lpips_weight=lpips_weight)
         # LPIPS weights are frozen and come from lpips_backbone_weights: keep them out of checkpoints.
         self.pretrained_parts += ("cat_loss",)
-        base = self.vae.get_base_model()
-        self._downsampling = 2 ** (len(base.config.block_out_channels) - 1)
-        self._latent_channels = base.config.latent_channels
 
     @classmethod
     def _check_options(cls, **options: Any) -> None:
@@ -159,7 +157,7 @@ class CATAdapterModule(DiffusionModule):
                 raise FileExistsError(f"{name}: output_dir '{output_dir}' already exists and is not empty")
 
     def _noise(self, images: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        shape = (self._latent_channels, images.shape[-2] // self._downsampling, images.shape[-1] // self._downsampling)
+        shape = latent_shape(self.vae.get_base_model(), images.shape)
         indices = batch.get("index")
         if indices is None:  # a batch without indices: plain draws from the seeded global RNG
             return torch.randn((images.shape[0], *shape), device=images.device)

@@ -19,11 +19,13 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_cat.customization import dreambooth_loss, dreambooth_rows
+from lightning_cat.customization.cdl import DEFAULT_CDL_NEGATIVE_PROMPT, DEFAULT_NOISE_TOKEN, ContrastiveDecoupling
+from lightning_cat.customization.export import check_output_dir, export_full_model, export_lora_model
+from lightning_cat.customization.lora import TEXT_ENCODER_LORA_TARGETS, UNET_LORA_TARGETS, add_lora, lora_parameters
 from lightning_cat.diffusion import (
     DiffusionComponents,
     LatentCache,
-    dreambooth_loss,
-    dreambooth_rows,
     encode_prompts,
     latent_distribution,
     load_components,
@@ -31,9 +33,7 @@ from lightning_cat.diffusion import (
     resolve_model_path,
     scale_latents,
 )
-from lightning_cat.diffusion.cdl import DEFAULT_CDL_NEGATIVE_PROMPT, DEFAULT_NOISE_TOKEN, ContrastiveDecoupling
-from lightning_cat.diffusion.export import check_output_dir, export_full_model, export_lora_model
-from lightning_cat.diffusion.lora import TEXT_ENCODER_LORA_TARGETS, UNET_LORA_TARGETS, add_lora, lora_parameters
+from lightning_cat.diffusion.latents import vae_scale_factor
 from lightning_cat.modules.base import DiffusionModule
 
 __all__ = ["DreamBoothModule"]
@@ -187,7 +187,7 @@ class DreamBoothModule(DiffusionModule):
         if self.hparams.cat_adapter is None:
             self.load_pretrained("vae")
             return
-        from lightning_cat.diffusion.cat import load_cat_vae
+        from lightning_cat.cat.adapter import load_cat_vae
 
         self.vae = load_cat_vae(
             self.pretrained_model_name_or_path, self.hparams.cat_adapter, revision=self.revision, variant=self.variant
@@ -314,8 +314,7 @@ class DreamBoothModule(DiffusionModule):
         transform = getattr(self._datamodule(), "transform", None)
         if transform is not None:
             return int(transform.resolution)
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return int(self.unet.config.sample_size) * scale
+        return int(self.unet.config.sample_size) * vae_scale_factor(self.vae)
 
     @torch.no_grad()
     def generate_class_images(self, prompt: str, num_images: int, output_dir: str, start_index: int = 0) -> list[Path]:
@@ -326,7 +325,7 @@ class DreamBoothModule(DiffusionModule):
         already taken are skipped. Uses the base VAE even when a CAT adapter is set.
         """
         from lightning_cat.diffusion import build_pipeline
-        from lightning_cat.diffusion.sampling import write_generated_images
+        from lightning_cat.sampling.generation import write_generated_images
 
         h = self.hparams
         folder = Path(output_dir)
@@ -410,7 +409,7 @@ class DreamBoothModule(DiffusionModule):
         }
 
     def export(self, directory: str | Path, overwrite: bool | None = None) -> Path:
-        """Write the customized model to ``directory`` (see :mod:`lightning_cat.diffusion.export`)."""
+        """Write the customized model to ``directory`` (see :mod:`lightning_cat.customization.export`)."""
         h = self.hparams
         overwrite = h.overwrite_output if overwrite is None else overwrite
         record = self.customization_record()

@@ -17,11 +17,12 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_cat.customization.cdl import ContrastiveDecoupling
+from lightning_cat.customization.export import load_customized_components
 from lightning_cat.diffusion import SCHEDULERS, build_pipeline
-from lightning_cat.diffusion.cdl import ContrastiveDecoupling
-from lightning_cat.diffusion.sampling import generate_images, load_customized_components
-from lightning_cat.images import to_uint8
 from lightning_cat.modules.base import DiffusionModule
+from lightning_cat.pixels import to_uint8
+from lightning_cat.sampling.generation import generate_images
 
 __all__ = ["SamplingModule"]
 

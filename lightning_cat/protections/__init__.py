@@ -43,15 +43,7 @@ Diffusion objectives: ``prompt``, ``timestep_range``, ``num_noise_draws``. Targe
 ``blur_kernel_size`` (MetaCloak). Each class's ``defaults`` lists its options.
 """
 
-from lightning_cat.protections.base import (
-    DiffusionDraw,
-    DiffusionObjective,
-    Objective,
-    ObjectiveProtection,
-    Protection,
-    image_generators,
-    image_seed,
-)
+from lightning_cat.protections.base import DiffusionDraw, DiffusionObjective, Objective, ObjectiveProtection, Protection
 from lightning_cat.protections.pgd import PGD, to_model_units
 from lightning_cat.protections.registry import (
     PROTECTIONS,
@@ -73,8 +65,6 @@ __all__ = [
     "Surrogate",
     "SurrogateProtection",
     "build_protection",
-    "image_generators",
-    "image_seed",
     "protect",
     "protection_class",
     "resolve_protection_options",

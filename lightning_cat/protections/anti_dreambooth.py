@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import torch
 
 from lightning_cat.protections.advdm import DIFFUSION_DEFAULTS, PGD_DEFAULTS
-from lightning_cat.protections.base import image_generators
 from lightning_cat.protections.surrogate import SURROGATE_DEFAULTS, SurrogateProtection
+from lightning_cat.seeding import image_generators
 
 __all__ = ["ASPL", "ANTI_DREAMBOOTH_PGD", "FSMG"]
 

@@ -13,16 +13,16 @@ needs, and ``protect(images, keys, seed=...)`` returning images on the 8-bit gri
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from lightning_cat.diffusion import diffusion_loss, latent_distribution, scale_latents
+from lightning_cat.diffusion import diffusion_loss, latent_distribution, latent_shape, scale_latents
 from lightning_cat.protections.options import resolve_options
 from lightning_cat.protections.pgd import PGD
+from lightning_cat.seeding import image_generators
 
 __all__ = [
     "DiffusionDraw",
@@ -31,23 +31,10 @@ __all__ = [
     "ObjectiveProtection",
     "Protection",
     "StepCallback",
-    "image_generators",
-    "image_seed",
 ]
 
 #: Called after every step with ``(kind, loss)``; ``kind`` is ``"pgd"`` or ``"surrogate"``.
 StepCallback = Callable[[str, float], None]
-
-
-def image_seed(seed: int, key: str, purpose: str = "protect") -> int:
-    """A 63-bit seed derived from ``(seed, purpose, key)``, stable across processes and runs."""
-    digest = hashlib.sha256(f"{int(seed)}:{purpose}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def image_generators(seed: int, keys: Sequence[str]) -> list[torch.Generator]:
-    """One CPU generator per image, seeded from ``(seed, key)`` (keys are file stems)."""
-    return [torch.Generator().manual_seed(image_seed(seed, str(key))) for key in keys]
 
 
 # ------------------------------------------------------------------------------ draws
@@ -70,13 +57,6 @@ class DiffusionDraw:
 
     def to(self, device: torch.device | str) -> DiffusionDraw:
         return DiffusionDraw(self.latent_noise.to(device), self.noise.to(device), self.timesteps.to(device))
-
-
-def latent_shape(vae, image_shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(C, h, w)`` of the VAE latents of images of shape ``[..., 3, H, W]``."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    height, width = image_shape[-2:]
-    return (vae.config.latent_channels, height // factor, width // factor)
 
 
 def draw_diffusion(

@@ -12,16 +12,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from lightning_cat.diffusion import (
-    LatentDistribution,
-    apply_gradients,
-    dreambooth_loss,
-    latent_distribution,
-    scale_latents,
-)
+from lightning_cat.customization import dreambooth_loss
+from lightning_cat.diffusion import LatentDistribution, latent_distribution, scale_latents
+from lightning_cat.diffusion.latents import latent_shape
+from lightning_cat.optimization import apply_gradients
 from lightning_cat.protections.advdm import PGD_DEFAULTS
-from lightning_cat.protections.base import draw_diffusion, image_generators, latent_shape
+from lightning_cat.protections.base import draw_diffusion
 from lightning_cat.protections.surrogate import SURROGATE_DEFAULTS, SurrogateProtection
+from lightning_cat.seeding import image_generators
 
 __all__ = ["CAAT"]
 

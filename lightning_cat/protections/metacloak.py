@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 import torch
 
 from lightning_cat.protections.advdm import DIFFUSION_DEFAULTS, PGD_DEFAULTS
-from lightning_cat.protections.base import DiffusionDraw, DiffusionObjective, image_generators
+from lightning_cat.protections.base import DiffusionDraw, DiffusionObjective
 from lightning_cat.protections.surrogate import SURROGATE_DEFAULTS, SurrogateProtection
 from lightning_cat.protections.transforms import random_transform
+from lightning_cat.seeding import image_generators
 
 __all__ = ["MetaCloak", "TransformedDiffusionObjective"]
 

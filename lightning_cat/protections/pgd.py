@@ -17,18 +17,15 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from lightning_cat.pixels import from_levels, to_levels, to_model_units
+
 if TYPE_CHECKING:
     from lightning_cat.protections.base import Objective
 
-__all__ = ["NORMS", "PGD", "STEP_SCHEDULES", "to_model_units"]
+__all__ = ["NORMS", "PGD", "STEP_SCHEDULES", "quantize_within_budget", "to_model_units"]
 
 NORMS = ("linf", "l2")
 STEP_SCHEDULES = ("constant", "linear")
-
-
-def to_model_units(value_255: float) -> float:
-    """A ``/255`` pixel amount in model units (images in ``[-1, 1]``)."""
-    return 2.0 * float(value_255) / 255.0
 
 
 def _per_image_norm(tensor: torch.Tensor) -> torch.Tensor:
@@ -147,24 +144,8 @@ class PGD:
     # ------------------------------------------------------------------ 8-bit
 
     def finalize(self, adv: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        """Round to the 8-bit grid and project in integers so the saved PNG is within budget.
-
-        The reference is the clean image rounded to 8 bits (what the clean PNG stores). Returns
-        float images in ``[-1, 1]`` that :func:`lightning_cat.images.to_uint8` maps exactly to the
-        projected integers.
-        """
-        clean8 = _to_levels(clean)
-        adv8 = _to_levels(adv)
-        delta = adv8 - clean8
-        if self.norm == "linf":
-            bound = math.floor(self.eps_255 + 1e-6)
-            delta = delta.clamp(-bound, bound)
-        else:
-            norms = _per_image_norm(delta)
-            scale = torch.clamp(self.eps_255 / norms.clamp_min(1e-12), max=1.0)
-            delta = torch.trunc(delta * scale)  # towards zero: each |entry| shrinks, so the norm does too
-        levels = (clean8 + delta).clamp(0, 255)
-        return (levels / 127.5 - 1.0).to(adv.dtype)
+        """:func:`quantize_within_budget` with this driver's budget and norm."""
+        return quantize_within_budget(adv, clean, self.eps_255, self.norm)
 
     def run(
         self,
@@ -199,9 +180,25 @@ class PGD:
         }
 
 
-def _to_levels(images: torch.Tensor) -> torch.Tensor:
-    """Float images in ``[-1, 1]`` -> integer levels ``0..255`` as float (same rounding as ``to_uint8``)."""
-    return ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
+def quantize_within_budget(
+    adv: torch.Tensor, clean: torch.Tensor, eps_255: float, norm: Literal["linf", "l2"] = "linf"
+) -> torch.Tensor:
+    """Round ``adv`` to the 8-bit grid and project it in integers so the saved PNG is within budget.
+
+    The reference is ``clean`` rounded to 8 bits (what the clean PNG stores); an L_inf budget of
+    ``r/255`` allows integer differences up to ``floor(r)``. Returns floats in ``[-1, 1]`` (in
+    ``adv``'s dtype) that :func:`lightning_cat.pixels.to_uint8` maps exactly to the projected levels.
+    """
+    clean8 = to_levels(clean)
+    delta = to_levels(adv) - clean8
+    if norm == "linf":
+        bound = math.floor(eps_255 + 1e-6)
+        delta = delta.clamp(-bound, bound)
+    else:
+        norms = _per_image_norm(delta)
+        scale = torch.clamp(eps_255 / norms.clamp_min(1e-12), max=1.0)
+        delta = torch.trunc(delta * scale)  # towards zero: each |entry| shrinks, so the norm does too
+    return from_levels((clean8 + delta).clamp(0, 255), adv.dtype)
 
 
 def check_budget(eps_255: float, alpha_255: float, steps: int, *, owner: str) -> None:

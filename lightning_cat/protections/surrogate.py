@@ -20,15 +20,11 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from lightning_cat.diffusion import (
-    LatentDistribution,
-    apply_gradients,
-    dreambooth_loss,
-    latent_distribution,
-    scale_latents,
-    tokenize_prompts,
-)
-from lightning_cat.protections.base import DiffusionObjective, Objective, Protection, image_seed
+from lightning_cat.customization import dreambooth_loss
+from lightning_cat.diffusion import LatentDistribution, latent_distribution, scale_latents, tokenize_prompts
+from lightning_cat.optimization import apply_gradients
+from lightning_cat.protections.base import DiffusionObjective, Objective, Protection
+from lightning_cat.seeding import image_seed
 
 __all__ = ["SURROGATE_DEFAULTS", "Surrogate", "SurrogateProtection", "cross_attention_kv_parameters"]
 

@@ -11,8 +11,8 @@ import math
 import torch
 
 from lightning_cat.diffusion import latent_distribution, scale_latents
+from lightning_cat.diffusion.latents import latent_shape
 from lightning_cat.images import ImageTransform, load_image
-from lightning_cat.protections.base import latent_shape
 
 __all__ = ["TargetLatents", "default_target_texture", "load_target_image"]
 

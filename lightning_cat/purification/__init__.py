@@ -1,6 +1,6 @@
 """Purifiers: callables on image batches that try to remove protective perturbations."""
 
-from lightning_cat.purification.base import Purifier, purification_generator, purification_seed, purify_images
+from lightning_cat.purification.base import Purifier, purification_generator, purify_images
 from lightning_cat.purification.classical import GaussianBlur, JPEGCompression, ResizeDownUp, TVDenoise
 from lightning_cat.purification.gridpure import GrIDPure
 from lightning_cat.purification.impress import IMPRESS
@@ -49,6 +49,5 @@ __all__ = [
     "TVDenoise",
     "build_purifier",
     "purification_generator",
-    "purification_seed",
     "purify_images",
 ]

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from lightning_cat.images import to_uint8
+from lightning_cat.pixels import quantize
+from lightning_cat.seeding import image_generator
 
-__all__ = ["Purifier", "purification_generator", "purification_seed", "purify_images"]
+__all__ = ["Purifier", "purification_generator", "purify_images"]
 
 
-def purification_seed(seed: int, stem: str) -> int:
-    """The seed of one image's purification: a hash of the base ``seed`` and the file ``stem``.
+def purification_generator(seed: int, stem: str) -> torch.Generator:
+    """The generator of one image's purification, from the base ``seed`` and the file ``stem``
+    (:func:`lightning_cat.seeding.image_generator` with purpose ``purify``).
 
     Datasets (purifier as a datamodule option) and the purified-set writer both seed each image
     with it, so a purified image depends neither on order, batch, worker nor rank.
     """
-    digest = hashlib.sha256(f"{seed}:purify:{stem}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def purification_generator(seed: int, stem: str) -> torch.Generator:
-    """A CPU generator seeded with :func:`purification_seed` (purifiers move draws to their device)."""
-    return torch.Generator().manual_seed(purification_seed(seed, stem))
+    return image_generator(seed, stem, purpose="purify")
 
 
 class Purifier:
@@ -51,7 +46,7 @@ class Purifier:
         out = self.purify(images, generator=generator)
         if out.shape != images.shape:
             raise RuntimeError(f"{type(self).__name__} changed the shape {tuple(images.shape)} -> {tuple(out.shape)}")
-        return to_uint8(out).to(images.device, torch.float32) / 127.5 - 1.0
+        return quantize(out.float()).to(images.device)
 
     def params(self) -> dict[str, Any]:
         """The purifier's name and options (its ``__init__`` arguments) for manifests."""

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from lightning_cat.diffusion.latents import vae_scale_factor
 from lightning_cat.purification.latent_diffpure import LatentDiffusionPurifier
 
 __all__ = ["GrIDPure", "corner_mosaic", "merge_tiles", "tile_origins"]
@@ -136,7 +137,7 @@ class GrIDPure(LatentDiffusionPurifier):
 
     def tiling(self, height: int, width: int, vae) -> tuple[int, int]:
         """``(tile, stride)`` for an image of ``height x width`` px."""
-        factor = self.vae_scale_factor(vae)
+        factor = vae_scale_factor(vae)
         tile = self.tile_size
         if tile is None:
             tile = max(factor, (min(height, width) // 2) // (2 * factor) * (2 * factor))

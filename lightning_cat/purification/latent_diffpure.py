@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_cat.diffusion import decode_latents, encode_prompts, latent_distribution, load_components, scale_latents
+from lightning_cat.diffusion.latents import vae_scale_factor
 from lightning_cat.purification.pretrained import PretrainedPurifier
 from lightning_cat.purification.sdedit import sdedit_latents, sdedit_timesteps
 
@@ -77,11 +78,8 @@ class LatentDiffusionPurifier(PretrainedPurifier):
             "scheduler": scheduler,
         }
 
-    def vae_scale_factor(self, vae) -> int:
-        return 2 ** (len(vae.config.block_out_channels) - 1)
-
     def check_size(self, height: int, width: int, vae) -> None:
-        factor = self.vae_scale_factor(vae)
+        factor = vae_scale_factor(vae)
         if height % factor or width % factor:
             raise ValueError(
                 f"{type(self).__name__}: images of {height}x{width} px cannot pass the VAE; sides must be "

@@ -1,4 +1,4 @@
-"""A customized model on disk: diffusers weights plus ``customization.json`` beside them.
+"""A customized model on disk: diffusers weights plus ``customization.json`` beside them, and back.
 
 Two layouts, both self-contained:
 
@@ -19,18 +19,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_cat.images import atomic_write_json, staging_dir
+from lightning_cat.atomic import atomic_write_json, staged_dir
+from lightning_cat.diffusion.loading import DiffusionComponents, build_pipeline, load_components, resolve_model_path
 
 if TYPE_CHECKING:
     import torch
-
-    from lightning_cat.diffusion.loading import DiffusionComponents
 
 __all__ = [
     "CAT_ADAPTER_FOLDER",
@@ -38,9 +34,11 @@ __all__ = [
     "check_output_dir",
     "export_full_model",
     "export_lora_model",
+    "load_customized_components",
     "read_customization",
-    "staged_directory",
 ]
+
+_PIPELINE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
 
 CUSTOMIZATION_FILE = "customization.json"
 CAT_ADAPTER_FOLDER = "cat_adapter"
@@ -59,28 +57,6 @@ def check_output_dir(directory: str | os.PathLike, overwrite: bool = False, *, o
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{owner} '{target}' already exists and is not empty; choose another folder or overwrite")
     return target
-
-
-@contextmanager
-def staged_directory(directory: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a hidden staging folder beside ``directory``; on success it replaces ``directory``.
-
-    On error the staging folder is removed and ``directory`` is left as it was.
-    """
-    target = check_output_dir(directory, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(target)
-    try:
-        yield staging
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.rename(target, old / target.name)
-            os.rename(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _finish(staging: Path, record: dict[str, Any], cat_adapter: str | os.PathLike | None) -> None:
@@ -118,9 +94,9 @@ def export_lora_model(
         cat_adapter: CAT adapter folder used in training (copied), or ``None``.
         overwrite: replace an existing non-empty folder.
     """
-    from lightning_cat.diffusion.lora import save_lora_weights
+    from lightning_cat.customization.lora import save_lora_weights
 
-    with staged_directory(directory, overwrite) as staging:
+    with staged_dir(check_output_dir(directory, overwrite)) as staging:
         save_lora_weights(staging, unet, text_encoder)
         _finish(staging, {**record, "finetune": "lora"}, cat_adapter)
     return Path(directory)
@@ -139,9 +115,7 @@ def export_full_model(
     ``components`` holds the (fine-tuned) UNet, text encoder, tokenizer and the base VAE; its
     ``source`` supplies the inference scheduler. Weights are saved as safetensors.
     """
-    from lightning_cat.diffusion.loading import build_pipeline
-
-    with staged_directory(directory, overwrite) as staging:
+    with staged_dir(check_output_dir(directory, overwrite)) as staging:
         build_pipeline(components).save_pretrained(staging, safe_serialization=True)
         _finish(staging, {**record, "finetune": "full"}, cat_adapter)
     return Path(directory)
@@ -163,3 +137,52 @@ def read_customization(directory: str | os.PathLike) -> dict[str, Any] | None:
     if record.get("format", 0) > _FORMAT:
         raise ValueError(f"'{path}' has format {record.get('format')}; this lightning-cat reads format <= {_FORMAT}")
     return record
+
+
+def load_customized_components(
+    pretrained_model_name_or_path: str,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+) -> tuple[DiffusionComponents, dict[str, Any] | None]:
+    """Tokenizer, text encoder, VAE and UNet of a customized model folder, ready to sample.
+
+    A folder written by ``DreamBoothModule`` (with ``customization.json``) is rebuilt as trained:
+    LoRA weights are loaded onto the recorded base model and fused; a full fine-tune loads from
+    the folder; a recorded CAT adapter is applied to the VAE (merged). Anything else (a base
+    model name or folder) loads as is. Returns the components (frozen, eval) and the record
+    (``None`` for a base model).
+    """
+    from lightning_cat.cat.adapter import load_cat_vae
+
+    path = resolve_model_path(pretrained_model_name_or_path)
+    record = read_customization(path) if Path(path).is_dir() else None
+    if record is None:
+        components = load_components(
+            pretrained_model_name_or_path, revision=revision, variant=variant, parts=_PIPELINE_PARTS
+        )
+        vae_source = pretrained_model_name_or_path
+    elif record["finetune"] == "full":
+        components = load_components(path, parts=_PIPELINE_PARTS)
+        vae_source = path
+    elif record["finetune"] == "lora":
+        base = record["pretrained_model_name_or_path"]
+        revision, variant = record.get("revision"), record.get("variant")
+        components = load_components(base, revision=revision, variant=variant, parts=_PIPELINE_PARTS)
+        pipeline = build_pipeline(components, revision=revision)
+        pipeline.load_lora_weights(path)
+        pipeline.fuse_lora()
+        pipeline.unload_lora_weights()
+        vae_source = base
+    else:
+        raise ValueError(f"'{path}': customization.json has unknown finetune {record['finetune']!r}")
+    if record is not None and record.get("cat_adapter"):
+        components.vae = load_cat_vae(
+            vae_source,
+            Path(path) / record.get("cat_adapter", CAT_ADAPTER_FOLDER),
+            revision=record.get("revision") if vae_source != path else None,
+            variant=record.get("variant") if vae_source != path else None,
+        )
+    for part in _PIPELINE_PARTS[1:]:
+        getattr(components, part).requires_grad_(False).eval()
+    return components, record

@@ -1,4 +1,4 @@
-"""CAT adapters: LoRA on the frozen VAE (Peng et al., ICML 2025), in plain peft.
+"""CAT adapters: LoRA on the frozen VAE (Peng et al., ICML 2025), in plain peft: config per variant, save, load.
 
 An adapter is a peft ``PeftModel`` folder (``adapter_model.safetensors`` +
 ``adapter_config.json``) that loads onto a plain ``AutoencoderKL`` with peft alone::
@@ -12,12 +12,11 @@ An adapter is a peft ``PeftModel`` folder (``adapter_model.safetensors`` +
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from lightning_cat.atomic import staged_dir
 from lightning_cat.diffusion.loading import load_vae
-from lightning_cat.images import staging_dir
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -95,15 +94,8 @@ def save_cat_adapter(peft_vae: PeftModel, directory: str | os.PathLike) -> Path:
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"CAT adapter folder '{target}' already exists and is not empty")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(target)
-    try:
+    with staged_dir(target) as staging:
         peft_vae.save_pretrained(staging, safe_serialization=True)
-        if target.exists():
-            target.rmdir()
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

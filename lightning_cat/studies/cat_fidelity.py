@@ -31,8 +31,9 @@ import torch
 from lightning_cat.cat.training import train_cat_adapter
 from lightning_cat.diffusion import latent_distribution
 from lightning_cat.metrics.latent_distortion import LatentDistortion
+from lightning_cat.pixels import to_model_units
 from lightning_cat.protections.base import Objective
-from lightning_cat.protections.pgd import PGD
+from lightning_cat.protections.pgd import PGD, quantize_within_budget
 from lightning_cat.protections.photoguard import EncoderAttackObjective
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "checkerboard",
     "fidelity_study",
     "format_fidelity_table",
-    "quantize_within_budget",
     "reconstruction_attack",
     "sign_noise",
     "target_latent_encoder_attack",
@@ -53,29 +53,16 @@ __all__ = [
 Protection = Callable[[torch.nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def quantize_within_budget(adversarial: torch.Tensor, clean: torch.Tensor, eps_255: float) -> torch.Tensor:
-    """Round ``adversarial`` to 8-bit levels, at most ``floor(eps_255)`` levels from ``clean``.
-
-    ``clean`` must be 8-bit images in ``[-1, 1]`` (as loaded from PNG), so the result is exactly
-    what a saved PNG holds and satisfies the budget there.
-    """
-    clean_levels = torch.round((clean.double() + 1.0) * 127.5)
-    levels = torch.round((adversarial.double() + 1.0) * 127.5)
-    budget = float(int(eps_255))
-    levels = torch.minimum(torch.maximum(levels, clean_levels - budget), clean_levels + budget).clamp(0, 255)
-    return (levels / 127.5 - 1.0).to(clean.dtype)
-
-
 def uniform_noise(images: torch.Tensor, eps_255: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """``images`` plus uniform noise in ``[-eps, eps]``, on the 8-bit grid."""
-    eps = 2.0 * eps_255 / 255.0
+    eps = to_model_units(eps_255)
     noise = (torch.rand(images.shape, generator=generator) * 2.0 - 1.0) * eps
     return quantize_within_budget(images + noise.to(images), images, eps_255)
 
 
 def sign_noise(images: torch.Tensor, eps_255: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """``images`` plus random ``+-eps`` per pixel (the largest noise of the budget), on the 8-bit grid."""
-    eps = 2.0 * eps_255 / 255.0
+    eps = to_model_units(eps_255)
     signs = torch.randint(0, 2, images.shape, generator=generator).float() * 2.0 - 1.0
     return quantize_within_budget(images + eps * signs.to(images), images, eps_255)
 

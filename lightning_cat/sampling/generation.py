@@ -1,4 +1,4 @@
-"""Seeded sampling from a (customized) Stable Diffusion model, in plain diffusers.
+"""Seeded sampling from a (customized) Stable Diffusion pipeline, in plain diffusers.
 
 Every image gets its own generator seeded with its own seed, so an image depends only on its
 (prompt, seed) and not on which batch, process or device made it::
@@ -6,6 +6,9 @@ Every image gets its own generator seeded with its own seed, so an image depends
     components, record = load_customized_components("outputs/dreambooth/lora-tiny")
     pipeline = build_pipeline(components, scheduler="ddim")
     images = generate_images(pipeline, ["a photo of sks person"] * 2, seeds=[0, 1], num_inference_steps=50)
+
+(:func:`~lightning_cat.customization.load_customized_components`,
+:func:`~lightning_cat.diffusion.build_pipeline`.)
 """
 
 from __future__ import annotations
@@ -17,12 +20,9 @@ from typing import Any
 
 import torch
 
-from lightning_cat.diffusion.export import CAT_ADAPTER_FOLDER, read_customization
-from lightning_cat.diffusion.loading import DiffusionComponents, build_pipeline, load_components, resolve_model_path
+from lightning_cat.images import save_png
 
-__all__ = ["generate_images", "load_customized_components", "write_generated_images"]
-
-_PIPELINE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
+__all__ = ["generate_images", "write_generated_images"]
 
 
 def generate_images(
@@ -80,8 +80,6 @@ def write_generated_images(
     """
     from tqdm.auto import tqdm
 
-    from lightning_cat.images import save_png
-
     if len(paths) != len(seeds):
         raise ValueError(f"write_generated_images: {len(paths)} paths for {len(seeds)} seeds")
     if batch_size < 1:
@@ -96,52 +94,3 @@ def write_generated_images(
                 written.append(Path(path))
             bar.update(len(chunk_seeds))
     return written
-
-
-def load_customized_components(
-    pretrained_model_name_or_path: str,
-    *,
-    revision: str | None = None,
-    variant: str | None = None,
-) -> tuple[DiffusionComponents, dict[str, Any] | None]:
-    """Tokenizer, text encoder, VAE and UNet of a customized model folder, ready to sample.
-
-    A folder written by ``DreamBoothModule`` (with ``customization.json``) is rebuilt as trained:
-    LoRA weights are loaded onto the recorded base model and fused; a full fine-tune loads from
-    the folder; a recorded CAT adapter is applied to the VAE (merged). Anything else (a base
-    model name or folder) loads as is. Returns the components (frozen, eval) and the record
-    (``None`` for a base model).
-    """
-    from lightning_cat.diffusion.cat import load_cat_vae
-
-    path = resolve_model_path(pretrained_model_name_or_path)
-    record = read_customization(path) if Path(path).is_dir() else None
-    if record is None:
-        components = load_components(
-            pretrained_model_name_or_path, revision=revision, variant=variant, parts=_PIPELINE_PARTS
-        )
-        vae_source = pretrained_model_name_or_path
-    elif record["finetune"] == "full":
-        components = load_components(path, parts=_PIPELINE_PARTS)
-        vae_source = path
-    elif record["finetune"] == "lora":
-        base = record["pretrained_model_name_or_path"]
-        revision, variant = record.get("revision"), record.get("variant")
-        components = load_components(base, revision=revision, variant=variant, parts=_PIPELINE_PARTS)
-        pipeline = build_pipeline(components, revision=revision)
-        pipeline.load_lora_weights(path)
-        pipeline.fuse_lora()
-        pipeline.unload_lora_weights()
-        vae_source = base
-    else:
-        raise ValueError(f"'{path}': customization.json has unknown finetune {record['finetune']!r}")
-    if record is not None and record.get("cat_adapter"):
-        components.vae = load_cat_vae(
-            vae_source,
-            Path(path) / record.get("cat_adapter", CAT_ADAPTER_FOLDER),
-            revision=record.get("revision") if vae_source != path else None,
-            variant=record.get("variant") if vae_source != path else None,
-        )
-    for part in _PIPELINE_PARTS[1:]:
-        getattr(components, part).requires_grad_(False).eval()
-    return components, record
