@@ -5,7 +5,8 @@
 
 1. A throwaway virtual environment gets the newest releases the registry resolves for the
    dependencies of pyproject.toml, with their upper caps lifted (a cap is what this checks).
-2. Every package whose version differs from constraints.txt (the tested lock) is listed.
+2. Every package whose version differs from constraints.txt (the tested lock) is listed, and
+   every direct dependency whose newest release the resolver could not install with the rest.
 3. The default suite runs there. For each failing test, each upgraded package is put back to its
    locked version alone (``--no-deps``) and the failing tests rerun: the packages whose return
    fixes a test are named for it. A test no single return fixes is reported as such.
@@ -92,6 +93,17 @@ def freeze(python: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held_back(python: Path, names: list[str], installed: dict[str, str]) -> dict[str, str]:
+    """Packages whose newest release on the index is not the installed one: name -> newest."""
+    newest = {}
+    for name in names:
+        output = run([str(python), "-m", "pip", "index", "versions", name], check=False)
+        match = re.search(r"^\S+ \(([^)]+)\)", output, re.MULTILINE)
+        if match and match.group(1) != installed[name]:
+            newest[name] = match.group(1)
+    return newest
+
+
 def failing_tests(output: str) -> list[str]:
     return sorted({m.group(2) for line in output.splitlines() if (m := _SUMMARY.match(line))})
 
@@ -147,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:28s} {old:>14s} -> {new}{'' if name in direct else '   (indirect)'}")
         if added:
             print("  new in the environment: " + ", ".join(f"{n}=={latest[n]}" for n in added))
+        held = held_back(python, sorted(direct & set(latest)), latest)
+        if held:
+            print("releases newer than what the resolver installed (they do not install together with the rest):")
+            for name, newest in held.items():
+                print(f"  {name:28s} {latest[name]:>14s}, newest {newest}")
 
         print("\nrunning the default test suite on the newest releases ...", flush=True)
         status, failing, summary = pytest(python, args.pytest_args.split(), log)
