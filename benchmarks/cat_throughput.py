@@ -97,7 +97,7 @@ def run_lightning(args) -> dict:
 
     torch.manual_seed(0)
     timer = Timer()
-    module = CATAdapterModule(args.model, adapter_variant=args.variant, rank=args.rank)
+    module = CATAdapterModule(args.model, adapter_variant=args.variant, lora_rank=args.rank)
     trainer = Trainer(
         accelerator="gpu" if args.device.startswith("cuda") else "cpu",
         devices=1,

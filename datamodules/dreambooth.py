@@ -7,30 +7,19 @@ from typing import Any
 
 from lightning_cat.datamodules.base import ImageDataModule
 from lightning_cat.datamodules.datasets import DreamBoothDataset, ImageFolderDataset
-from lightning_cat.images import IMAGE_EXTENSIONS
+from lightning_cat.images import list_images
 from lightning_cat.purification.base import Purifier
 
-__all__ = ["DreamBoothDataModule", "count_images"]
-
-
-def count_images(folder: str | Path) -> int:
-    """Number of image files in ``folder`` (0 when it does not exist)."""
-    root = Path(folder)
-    if not root.is_dir():
-        return 0
-    return sum(
-        1 for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+__all__ = ["DreamBoothDataModule"]
 
 
 class DreamBoothDataModule(ImageDataModule):
     """Instance images with ``instance_prompt``; with ``class_root``, class-prior images too.
 
     Prior preservation is on when ``class_root`` is given. If that folder holds fewer than
-    ``num_class_images`` images, ``prepare_data`` (rank 0) asks the attached LightningModule to
-    make the missing ones through its ``generate_class_images(prompt, num_images, output_dir,
-    start_index)`` hook (``DreamBoothModule`` provides it); they are written into ``class_root``
-    and reused by later runs.
+    ``num_class_images`` images, :attr:`missing_class_images` says how many are missing; the
+    model makes them before ``setup`` (``DreamBoothModule`` does in its ``prepare_data``, into
+    ``class_root``, where later runs reuse them).
 
     Args:
         instance_root: folder of the subject's (clean, protected or purified) images.
@@ -85,7 +74,10 @@ class DreamBoothDataModule(ImageDataModule):
         """How many class images still have to be generated."""
         if self.class_root is None:
             return 0
-        return max(0, self.num_class_images - count_images(self.class_root))
+        if not Path(self.class_root).is_dir():
+            return self.num_class_images
+        present = list_images(self.class_root, what="class image folder", allow_empty=True)
+        return max(0, self.num_class_images - len(present))
 
     def _build_class_dataset(self) -> None:
         self.class_images = ImageFolderDataset(
@@ -97,29 +89,14 @@ class DreamBoothDataModule(ImageDataModule):
         )
         self.dataset = DreamBoothDataset(self.instance, self.class_images)
 
-    def prepare_data(self) -> None:
-        missing = self.missing_class_images
-        if missing == 0:
-            return
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        generate = getattr(module, "generate_class_images", None)
-        if generate is None:
-            raise RuntimeError(
-                f"class folder '{self.class_root}' holds {self.num_class_images - missing} of num_class_images="
-                f"{self.num_class_images} images and the model ({type(module).__name__}) cannot generate the "
-                "missing ones; add images, lower num_class_images, or train with DreamBoothModule"
-            )
-        generate(
-            prompt=self.class_prompt,
-            num_images=missing,
-            output_dir=self.class_root,
-            start_index=self.num_class_images - missing,
-        )
-
     def setup(self, stage: str) -> None:
         if self.with_prior and self.class_images is None:
-            if self.missing_class_images:
+            missing = self.missing_class_images
+            if missing:
+                module = getattr(self.trainer, "lightning_module", None)
                 raise RuntimeError(
-                    f"class folder '{self.class_root}' still lacks {self.missing_class_images} images after prepare_data"
+                    f"class folder '{self.class_root}' holds {self.num_class_images - missing} of num_class_images="
+                    f"{self.num_class_images} images and the model ({type(module).__name__}) did not generate the "
+                    "missing ones; add images, lower num_class_images, or train with DreamBoothModule"
                 )
             self._build_class_dataset()

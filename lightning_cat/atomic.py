@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "replace_dir", "staged_dir", "staging_dir"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "check_output_dir", "replace_dir", "staged_dir", "staging_dir"]
 
 
 def _umask() -> int:
@@ -66,6 +66,20 @@ def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     os.rename(target, aside / target.name)
     os.rename(staging, target)
     shutil.rmtree(aside, ignore_errors=True)
+    return target
+
+
+def check_output_dir(directory: str | os.PathLike, overwrite: bool = False, *, owner: str = "output_dir") -> Path:
+    """Refuse an existing, non-empty ``directory`` unless ``overwrite`` (call before training).
+
+    Raises:
+        FileExistsError: naming the folder.
+    """
+    target = Path(directory).expanduser()
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{owner} '{target}' is a file")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{owner} '{target}' already exists and is not empty; choose another folder or overwrite")
     return target
 
 

@@ -57,12 +57,12 @@ class ImageInputError(ValueError):
     """A user-supplied image or image folder cannot be used; the message names it."""
 
 
-def list_images(folder: str | os.PathLike, *, what: str = "image folder") -> list[Path]:
+def list_images(folder: str | os.PathLike, *, what: str = "image folder", allow_empty: bool = False) -> list[Path]:
     """Return the image files of ``folder`` sorted by name (hidden files and non-images skipped).
 
     Raises:
         FileNotFoundError: if ``folder`` does not exist or is not a directory.
-        ImageInputError: if it holds no image file.
+        ImageInputError: if it holds no image file (unless ``allow_empty``), or two with one stem.
     """
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -71,7 +71,7 @@ def list_images(folder: str | os.PathLike, *, what: str = "image folder") -> lis
     files = sorted(
         p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     )
-    if not files:
+    if not files and not allow_empty:
         raise ImageInputError(f"{what} '{root}' holds no image (looked for {', '.join(IMAGE_EXTENSIONS)})")
     stems = [p.stem for p in files]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})

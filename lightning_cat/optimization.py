@@ -1,12 +1,23 @@
-"""One manual optimisation step, shared by the plain-torch training loops (CAT, surrogates, CAAT)."""
+"""Optimisation shared by the training code: the learning-rate schedules, one manual step.
+
+The schedules are diffusers' ``get_scheduler`` names; :func:`apply_gradients` is the step of the
+plain-torch loops (CAT's, the protections' surrogates, CAAT).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 
-__all__ = ["apply_gradients"]
+from lightning_cat.options import choices
+
+__all__ = ["LR_SCHEDULES", "LRSchedule", "apply_gradients"]
+
+#: Learning-rate schedules over a run's optimizer steps (diffusers' ``get_scheduler`` names).
+LRSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+LR_SCHEDULES = choices(LRSchedule)
 
 
 def apply_gradients(

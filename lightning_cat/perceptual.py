@@ -14,13 +14,17 @@ from typing import Literal
 
 import torch
 
-__all__ = ["LPIPS_NETS", "load_lpips"]
+from lightning_cat.options import choices
 
-LPIPS_NETS = ("alex", "vgg", "squeeze")
+__all__ = ["LPIPS_NETS", "LPIPSNet", "load_lpips"]
+
+#: LPIPS backbone families.
+LPIPSNet = Literal["alex", "vgg", "squeeze"]
+LPIPS_NETS = choices(LPIPSNet)
 
 
 def load_lpips(
-    net: Literal["alex", "vgg", "squeeze"] = "alex",
+    net: LPIPSNet = "alex",
     backbone_weights: str | os.PathLike | None = None,
     *,
     random_backbone: bool = False,

@@ -35,7 +35,7 @@ def run(
         "enable_progress_bar": False,
         "enable_model_summary": False,
     }
-    module = CATAdapterModule(rank=4, learning_rate=1e-3, output_dir=adapter)
+    module = CATAdapterModule(lora_rank=4, learning_rate=1e-3, output_dir=adapter)
     data = ImageFolderDataModule(protected, resolution=64, batch_size=2 // devices, shuffle=False)
     trainer = Trainer(max_steps=2, precision=precision, **options)
     trainer.fit(module, data)

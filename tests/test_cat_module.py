@@ -42,7 +42,7 @@ def _fixed_batch(folder):
 
 def test_fit_trains_only_lora_and_exports_a_peft_adapter(two_photos, tmp_path):
     batch, data = _fixed_batch(two_photos)
-    module = CATAdapterModule(rank=4, learning_rate=1e-3, output_dir=str(tmp_path / "adapter"))
+    module = CATAdapterModule(lora_rank=4, learning_rate=1e-3, output_dir=str(tmp_path / "adapter"))
     base = load_vae("tiny")
     images = batch["image"]
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_fit_trains_only_lora_and_exports_a_peft_adapter(two_photos, tmp_path):
 
 def test_decoder_variant_keeps_encoder_latents_exactly(two_photos, tmp_path):
     batch, data = _fixed_batch(two_photos)
-    module = CATAdapterModule(adapter_variant="decoder", rank=4, learning_rate=1e-2)
+    module = CATAdapterModule(adapter_variant="decoder", lora_rank=4, learning_rate=1e-2)
     _trainer(tmp_path, max_steps=2).fit(module, data)
     base = load_vae("tiny")
     with torch.no_grad():
@@ -88,14 +88,14 @@ def test_decoder_variant_keeps_encoder_latents_exactly(two_photos, tmp_path):
 @pytest.mark.parametrize("max_grad_norm", [None, 1e-4])
 def test_gradient_clipping_only_when_asked(two_photos, tmp_path, max_grad_norm):
     _, data = _fixed_batch(two_photos)
-    module = CATAdapterModule(rank=4, max_grad_norm=max_grad_norm)
+    module = CATAdapterModule(lora_rank=4)
     norms = []
 
     def record(optimizer, *args, **kwargs):  # a step post-hook sees the gradients the step used
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
 
-    trainer = _trainer(tmp_path, max_steps=2)
+    trainer = _trainer(tmp_path, max_steps=2, gradient_clip_val=max_grad_norm)
     original = module.configure_optimizers
 
     def configure_optimizers():
@@ -114,7 +114,7 @@ def test_gradient_clipping_only_when_asked(two_photos, tmp_path, max_grad_norm):
 
 def test_bf16_mixed_keeps_lora_in_fp32(two_photos, tmp_path):
     _, data = _fixed_batch(two_photos)
-    module = CATAdapterModule(rank=4, output_dir=str(tmp_path / "adapter"))
+    module = CATAdapterModule(lora_rank=4, output_dir=str(tmp_path / "adapter"))
     _trainer(tmp_path, max_steps=1, precision="bf16-mixed").fit(module, data)
     frozen = {p.dtype for n, p in module.vae.named_parameters() if "lora_" not in n}
     trainable = {p.dtype for n, p in module.vae.named_parameters() if "lora_" in n}
@@ -126,7 +126,7 @@ def test_bf16_mixed_keeps_lora_in_fp32(two_photos, tmp_path):
 
 def test_training_step_never_reads_clean_images(two_photos):
     batch, _ = _fixed_batch(two_photos)
-    module = CATAdapterModule(rank=4)
+    module = CATAdapterModule(lora_rank=4)
     batch["clean"] = torch.full_like(batch["image"], float("nan"))
     module.log_dict = lambda *args, **kwargs: None  # no trainer attached
     assert torch.isfinite(module.training_step(batch, 0))
@@ -140,10 +140,11 @@ def test_training_step_never_reads_clean_images(two_photos):
             ValueError,
             r"adapter_variant='middle' is not one of \['both', 'encoder', 'decoder'\]",
         ),
-        ({"rank": 0}, ValueError, "rank must be >= 1"),
+        ({"lora_rank": 0}, ValueError, "lora_rank must be >= 1"),
         ({"loss": "lpips"}, ValueError, "needs lpips_backbone_weights"),
         ({"lr_scheduler": "step"}, ValueError, "lr_scheduler='step' is not one of"),
-        ({"max_grad_norm": 0.0}, ValueError, "max_grad_norm must be > 0"),
+        ({"adam_beta1": 1.0}, ValueError, r"adam_beta1 must be in \[0, 1\)"),
+        ({"lora_rank": 2.5}, ValueError, "lora_rank=2.5 is not an integer"),
     ],
 )
 def test_bad_options_fail_before_the_model_loads(monkeypatch, options, error, match):
@@ -159,12 +160,12 @@ def test_existing_output_dir_is_refused(tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
-        CATAdapterModule(rank=4, output_dir=str(tmp_path / "adapter"))
+        CATAdapterModule(lora_rank=4, output_dir=str(tmp_path / "adapter"))
 
 
 def test_lpips_loss_trains(two_photos, tmp_path):
     batch, data = _fixed_batch(two_photos)
-    module = CATAdapterModule(rank=4, loss="mse+lpips", lpips_random_backbone=True, learning_rate=1e-3)
+    module = CATAdapterModule(lora_rank=4, loss="mse+lpips", lpips_random_backbone=True, learning_rate=1e-3)
     with torch.no_grad():
         before = module.cat_loss(module.vae, batch["image"])
     assert before.mse is not None and before.lpips is not None
@@ -179,7 +180,7 @@ def test_lpips_loss_trains(two_photos, tmp_path):
 
 
 def test_non_finite_loss_stops_training_and_writes_nothing(two_photos, tmp_path):
-    module = CATAdapterModule(rank=2, learning_rate=1e30, output_dir=str(tmp_path / "adapter"))
+    module = CATAdapterModule(lora_rank=2, learning_rate=1e30, output_dir=str(tmp_path / "adapter"))
     data = ImageFolderDataModule(str(two_photos), resolution=64, batch_size=2)
     with pytest.raises(FloatingPointError, match=r"CATAdapterModule: loss is (nan|inf) at step \d+"):
         _trainer(tmp_path, 50).fit(module, data)

@@ -234,7 +234,7 @@ def test_base_model_samples_and_bad_options():
     assert sampler.record is None and sampler.resolution == 64 and not sampler.cdl.enabled
     assert type(sampler.pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
     assert sampler(["a photo of a dog"], [0]).shape == (1, 3, 64, 64)
-    with pytest.raises(ValueError, match=r"SamplingModule: scheduler must be one of \["):
+    with pytest.raises(ValueError, match=r"SamplingModule: scheduler='heun' is not one of \["):
         SamplingModule("tiny", scheduler="heun")
     with pytest.raises(ValueError, match="SamplingModule: num_inference_steps must be >= 1"):
         SamplingModule("tiny", num_inference_steps=0)

@@ -115,18 +115,6 @@ def test_paired_needs_deterministic_transform(pair_dirs):
         PairedImageDataModule(str(clean), str(protected), resolution=64, hflip=True)
 
 
-class _ClassImageMaker:
-    """Stands in for DreamBoothModule's hook: writes flat images and records the calls."""
-
-    def __init__(self):
-        self.calls = []
-
-    def generate_class_images(self, prompt, num_images, output_dir, start_index):
-        self.calls.append((prompt, num_images, start_index))
-        for i in range(start_index, start_index + num_images):
-            Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(f"{output_dir}/class_{i:05d}.png")
-
-
 def _attach(dm, module):
     class _Trainer:
         lightning_module = module
@@ -134,7 +122,7 @@ def _attach(dm, module):
     dm.trainer = _Trainer()
 
 
-def test_dreambooth_prior_generated_once_and_batched(photos_dir, tmp_path):
+def test_dreambooth_prior_counts_missing_images_and_batches(photos_dir, tmp_path):
     class_dir = tmp_path / "class"
     class_dir.mkdir()
     Image.new("RGB", (64, 64)).save(class_dir / "class_00000.png")
@@ -142,27 +130,23 @@ def test_dreambooth_prior_generated_once_and_batched(photos_dir, tmp_path):
         str(photos_dir), class_root=str(class_dir), num_class_images=3, resolution=64, batch_size=2, shuffle=False
     )
     assert dm.missing_class_images == 2
-    maker = _ClassImageMaker()
-    _attach(dm, maker)
-    dm.prepare_data()
+    for i in (1, 2):  # what the model's prepare_data writes (DreamBoothModule: see test_dreambooth.py)
+        Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(class_dir / f"class_{i:05d}.png")
     dm.setup("fit")
-    assert maker.calls == [("a photo of person", 2, 1)]
     batch = next(iter(dm.train_dataloader()))
     assert batch["class_image"].shape == (2, 3, 64, 64) and batch["class_prompt"] == ["a photo of person"] * 2
     assert batch["prompt"] == ["a photo of sks person"] * 2
     assert len(dm.dataset) == 5  # max(5 instance, 3 class)
 
     again = DreamBoothDataModule(str(photos_dir), class_root=str(class_dir), num_class_images=3, resolution=64)
-    _attach(again, maker)
-    again.prepare_data()
-    assert len(maker.calls) == 1 and again.missing_class_images == 0
+    assert again.missing_class_images == 0 and again.class_images is not None
 
 
 def test_dreambooth_missing_class_images_without_generator(photos_dir, tmp_path):
     dm = DreamBoothDataModule(str(photos_dir), class_root=str(tmp_path / "class"), num_class_images=4, resolution=64)
     _attach(dm, object())
     with pytest.raises(RuntimeError, match="holds 0 of num_class_images=4"):
-        dm.prepare_data()
+        dm.setup("fit")
 
 
 def test_dreambooth_without_prior(photos_dir):

@@ -230,8 +230,8 @@ def test_class_images_generated_once_seeded_and_reused(photos_dir, tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"finetune": "partial"}, r"DreamBoothModule: finetune must be one of \['full', 'lora'\]"),
-        ({"lr_scheduler": "cyclic"}, "DreamBoothModule: lr_scheduler must be one of"),
+        ({"finetune": "partial"}, r"DreamBoothModule: finetune='partial' is not one of \['full', 'lora'\]"),
+        ({"lr_scheduler": "cyclic"}, "DreamBoothModule: lr_scheduler='cyclic' is not one of"),
         ({"lora_rank": 0}, "DreamBoothModule: lora_rank must be >= 1"),
         ({"learning_rate": 0}, "DreamBoothModule: learning_rate must be > 0"),
         ({"prior_loss_weight": -1}, "DreamBoothModule: prior_loss_weight must be >= 0"),

@@ -26,7 +26,7 @@ def test_stage_output_goes_to_the_log(tmp_path, photos_dir, capsys):
             "enable_checkpointing": False,
             "default_root_dir": str(tmp_path),  # where LightningCLI saves its config.yaml
         },
-        "model": {"class_path": "CATAdapterModule", "init_args": {"rank": 2}},
+        "model": {"class_path": "CATAdapterModule", "init_args": {"lora_rank": 2}},
         "data": {"class_path": "ImageFolderDataModule", "init_args": {"root": str(photos_dir), "resolution": 32}},
     }
     log = tmp_path / "stage.log"

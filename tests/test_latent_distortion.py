@@ -95,7 +95,7 @@ def test_callback_asks_for_pairs(photos_dir, tmp_path):
         callbacks=[LatentDistortionCallback()],
     )
     with pytest.raises(KeyError, match="no step had them"):
-        trainer.test(CATAdapterModule(rank=2), ImageFolderDataModule(str(photos_dir), resolution=64, batch_size=5))
+        trainer.test(CATAdapterModule(lora_rank=2), ImageFolderDataModule(str(photos_dir), resolution=64, batch_size=5))
 
 
 def test_compute_keys_are_listed():

@@ -184,3 +184,17 @@ def test_two_processes_write_the_same_files_as_one(photos_dir, image_folder, tmp
         assert path.read_bytes() == (two / path.name).read_bytes(), path.name
     first, second = read_manifest(one), read_manifest(two)
     assert first == second
+
+
+def test_a_method_registered_at_run_time_is_accepted_by_the_module_and_the_cli(photos_dir, tmp_path, monkeypatch):
+    # README's "Extending": a new protection is a class added to PROTECTIONS; no Literal to edit.
+    from lightning_cat.protections import PROTECTIONS
+    from lightning_cat.protections.advdm import AdvDMMinus
+
+    class Descend(AdvDMMinus):
+        name = "my_descent"
+
+    monkeypatch.setitem(PROTECTIONS, "my_descent", Descend)
+    assert ProtectionModule(method="my_descent", eps_255=4).protection_options["eps_255"] == 4
+    fit("advdm_plus.tiny.yaml", photos_dir, tmp_path / "out", "--model.init_args.method", "my_descent")
+    assert read_manifest(tmp_path / "out")["method"] == "my_descent"

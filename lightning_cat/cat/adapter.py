@@ -15,8 +15,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from lightning_cat.atomic import staged_dir
+from lightning_cat.atomic import check_output_dir, staged_dir
 from lightning_cat.diffusion.loading import load_vae
+from lightning_cat.options import choices
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CAT_TARGET_MODULES",
     "CAT_VARIANTS",
+    "CATVariant",
+    "LoraInit",
     "add_cat_adapter",
     "cat_lora_config",
     "cat_target_modules",
@@ -34,8 +37,10 @@ __all__ = [
 
 #: Layer names CAT adapts (conv_in/conv_out, conv_shortcut, (post_)quant_conv and norms are not).
 CAT_TARGET_MODULES = ("conv", "conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0")
-CAT_VARIANTS = ("both", "encoder", "decoder")
 CATVariant = Literal["both", "encoder", "decoder"]
+CAT_VARIANTS = choices(CATVariant)
+#: LoRA init: ``gaussian`` and ``kaiming`` start at the unchanged VAE (``B = 0``), ``zeros`` zeroes both factors.
+LoraInit = Literal["gaussian", "kaiming", "zeros"]
 
 
 def cat_target_modules(variant: str = "both") -> list[str] | str:
@@ -52,7 +57,7 @@ def cat_lora_config(
     variant: str = "both",
     rank: int = 128,
     alpha: float | None = None,
-    init: Literal["gaussian", "kaiming", "zeros"] = "gaussian",
+    init: LoraInit = "gaussian",
     dropout: float = 0.0,
 ) -> LoraConfig:
     """The LoRA config of a CAT adapter (reference: rank 128, alpha = rank, gaussian init).
@@ -85,15 +90,13 @@ def add_cat_adapter(vae: AutoencoderKL, config: LoraConfig) -> PeftModel:
     return get_peft_model(vae, config)
 
 
-def save_cat_adapter(peft_vae: PeftModel, directory: str | os.PathLike) -> Path:
+def save_cat_adapter(peft_vae: PeftModel, directory: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the adapter (peft format, safetensors) to ``directory`` atomically; returns it.
 
     Raises:
-        FileExistsError: if ``directory`` exists and is not empty.
+        FileExistsError: if ``directory`` exists and is not empty (unless ``overwrite``).
     """
-    target = Path(directory)
-    if target.exists() and any(target.iterdir()):
-        raise FileExistsError(f"CAT adapter folder '{target}' already exists and is not empty")
+    target = check_output_dir(directory, overwrite, owner="CAT adapter folder")
     with staged_dir(target) as staging:
         peft_vae.save_pretrained(staging, safe_serialization=True)
     return target

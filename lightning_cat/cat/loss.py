@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from lightning_cat.diffusion.latents import latent_distribution
+from lightning_cat.options import choices
 
-__all__ = ["CAT_LOSSES", "CATLoss", "CATLossOutput", "cat_reconstruction"]
+__all__ = ["CAT_LOSSES", "CATLoss", "CATLossName", "CATLossOutput", "cat_reconstruction"]
 
-CAT_LOSSES = ("mse", "lpips", "mse+lpips")
 CATLossName = Literal["mse", "lpips", "mse+lpips"]
+CAT_LOSSES = choices(CATLossName)
 
 
 def cat_reconstruction(vae, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,19 +8,16 @@ study and the benchmarks use.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from lightning_cat.cat.adapter import add_cat_adapter, cat_lora_config
+from lightning_cat.cat.adapter import CATVariant, LoraInit, add_cat_adapter, cat_lora_config
 from lightning_cat.cat.loss import CATLoss
-from lightning_cat.optimization import apply_gradients
+from lightning_cat.optimization import LR_SCHEDULES, LRSchedule, apply_gradients
 from lightning_cat.seeding import derive_seed
 
-__all__ = ["LR_SCHEDULERS", "cat_optimizer", "per_image_noise", "train_cat_adapter"]
-
-LR_SCHEDULERS = ("cosine", "constant")
+__all__ = ["cat_optimizer", "per_image_noise", "train_cat_adapter"]
 
 
 def cat_optimizer(
@@ -29,7 +26,7 @@ def cat_optimizer(
     learning_rate: float = 1e-4,
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 1e-2,
-    lr_scheduler: Literal["cosine", "constant"] = "cosine",
+    lr_scheduler: LRSchedule = "cosine",
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW and its per-step schedule with CAT's reference defaults (cosine to 0, no warmup).
 
@@ -38,8 +35,8 @@ def cat_optimizer(
     """
     from diffusers.optimization import get_scheduler
 
-    if lr_scheduler not in LR_SCHEDULERS:
-        raise ValueError(f"cat_optimizer: lr_scheduler={lr_scheduler!r} is not one of {list(LR_SCHEDULERS)}")
+    if lr_scheduler not in LR_SCHEDULES:
+        raise ValueError(f"cat_optimizer: lr_scheduler={lr_scheduler!r} is not one of {list(LR_SCHEDULES)}")
     if num_steps < 1:
         raise ValueError(f"cat_optimizer: num_steps must be >= 1, got {num_steps}")
     optimizer = torch.optim.AdamW(list(parameters), lr=learning_rate, betas=tuple(betas), weight_decay=weight_decay)
@@ -67,15 +64,15 @@ def train_cat_adapter(
     vae,
     images: torch.Tensor,
     *,
-    adapter_variant: Literal["both", "encoder", "decoder"] = "both",
+    adapter_variant: CATVariant = "both",
     rank: int = 128,
     alpha: float | None = None,
-    init: Literal["gaussian", "kaiming", "zeros"] = "gaussian",
+    init: LoraInit = "gaussian",
     steps: int = 10_000,
     batch_size: int = 4,
     learning_rate: float = 1e-4,
     weight_decay: float = 1e-2,
-    lr_scheduler: Literal["cosine", "constant"] = "cosine",
+    lr_scheduler: LRSchedule = "cosine",
     max_grad_norm: float | None = None,
     loss: CATLoss | None = None,
     seed: int = 0,

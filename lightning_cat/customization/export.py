@@ -20,9 +20,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from lightning_cat.atomic import atomic_write_json, staged_dir
+from lightning_cat.atomic import atomic_write_json, check_output_dir, staged_dir
 from lightning_cat.diffusion.loading import DiffusionComponents, build_pipeline, load_components, resolve_model_path
 
 if TYPE_CHECKING:
@@ -31,32 +31,21 @@ if TYPE_CHECKING:
 __all__ = [
     "CAT_ADAPTER_FOLDER",
     "CUSTOMIZATION_FILE",
-    "check_output_dir",
+    "Finetune",
     "export_full_model",
     "export_lora_model",
     "load_customized_components",
     "read_customization",
 ]
 
+#: ``full`` fine-tunes the UNet (and the text encoder); ``lora`` trains LoRA adapters on them.
+Finetune = Literal["full", "lora"]
+
 _PIPELINE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
 
 CUSTOMIZATION_FILE = "customization.json"
 CAT_ADAPTER_FOLDER = "cat_adapter"
 _FORMAT = 1
-
-
-def check_output_dir(directory: str | os.PathLike, overwrite: bool = False, *, owner: str = "output_dir") -> Path:
-    """Refuse an existing, non-empty ``directory`` unless ``overwrite`` (call before training).
-
-    Raises:
-        FileExistsError: naming the folder.
-    """
-    target = Path(directory).expanduser()
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{owner} '{target}' is a file")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{owner} '{target}' already exists and is not empty; choose another folder or overwrite")
-    return target
 
 
 def _finish(staging: Path, record: dict[str, Any], cat_adapter: str | os.PathLike | None) -> None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -34,6 +34,7 @@ __all__ = [
     "COMPONENTS",
     "SCHEDULERS",
     "DiffusionComponents",
+    "SchedulerName",
     "build_pipeline",
     "check_model_name",
     "load_components",
@@ -56,6 +57,7 @@ SCHEDULERS = {
     "euler_a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
 }
+SchedulerName = Literal[tuple(SCHEDULERS)]  # the keys above
 
 
 @dataclass

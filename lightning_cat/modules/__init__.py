@@ -1,6 +1,6 @@
 """LightningModules: thin Trainer glue around the plain-torch algorithms."""
 
-from lightning_cat.modules.base import DiffusionModule
+from lightning_cat.modules.base import DiffusionModule, LightningCatModule
 from lightning_cat.modules.cat import CATAdapterModule
 from lightning_cat.modules.dreambooth import DreamBoothModule
 from lightning_cat.modules.evaluation import EvaluationModule
@@ -13,6 +13,7 @@ __all__ = [
     "DiffusionModule",
     "DreamBoothModule",
     "EvaluationModule",
+    "LightningCatModule",
     "ProtectionModule",
     "PurificationModule",
     "SamplingModule",

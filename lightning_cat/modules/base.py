@@ -1,47 +1,93 @@
-"""Base LightningModule for everything built on a Stable Diffusion checkpoint."""
+"""The template every LightningModule of the library follows, and its Stable Diffusion variant.
+
+As torchgeo's ``BaseTask``: a module declares its options once, as a flat, typed, defaulted
+``__init__`` signature (the config schema; ``Literal`` choices come from the algorithm packages)
+whose body is only ``super().__init__()``. The template then
+
+1. saves every argument as a hyperparameter (read back through ``self.hparams``);
+2. checks them against the signature (:func:`lightning_cat.options.check_arguments`) and runs
+   :meth:`LightningCatModule.check_options` (ranges, files, rules between options), so bad input
+   fails before anything is loaded;
+3. calls :meth:`LightningCatModule.configure_models` to load or build what the module runs.
+
+Subclass a module and override one hook (``check_options``, ``configure_models``, a step) to
+change it; the plain-torch algorithm stays in its package.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 
 from lightning_cat.diffusion import DiffusionComponents, check_model_name, load_components, weight_dtype
+from lightning_cat.options import check_arguments
 
-__all__ = ["DiffusionModule"]
+__all__ = ["DiffusionModule", "LightningCatModule"]
 
 
-class DiffusionModule(LightningModule):
-    """Loads Stable Diffusion parts by name or path and keeps frozen weights out of the way.
+class LightningCatModule(LightningModule):
+    """Base of every module: save the hyperparameters, check them, configure the models.
 
-    Subclasses call :meth:`load_pretrained` in ``__init__`` with the parts they need; each part
-    becomes an attribute (``self.unet``, ``self.vae``, ...) and is frozen. Then:
+    Args:
+        ignore: init arguments not saved as hyperparameters (objects, e.g. a purifier).
+    """
+
+    def __init__(self, ignore: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=list(ignore))
+        check_arguments(type(self).__name__, type(self).__init__, self.hparams)
+        self.check_options()
+        self.configure_models()
+
+    def check_options(self) -> None:
+        """Rules the signature cannot state (ranges, files, options that go together); raise ``ValueError``."""
+
+    def configure_models(self) -> None:
+        """Load or build the models the module runs."""
+
+    def fail(self, option: str, requirement: str, value: Any = None) -> None:
+        """Raise ``ValueError("{Class}: {option} must be {requirement}, got {value!r}")``."""
+        value = self.hparams.get(option) if value is None else value
+        raise ValueError(f"{type(self).__name__}: {option} must be {requirement}, got {value!r}")
+
+
+class DiffusionModule(LightningCatModule):
+    """A module built on a Stable Diffusion checkpoint (``pretrained_model_name_or_path``, ``revision``,
+    ``variant`` in its signature) that keeps frozen weights out of the way.
+
+    :meth:`load_pretrained` makes each requested part an attribute (``self.unet``, ``self.vae``,
+    ...) and freezes it. Then:
 
     * under ``*-mixed`` precision, frozen weights are cast to the half dtype at ``setup`` while
       trainable ones (LoRA, fine-tuned layers) stay fp32, as the diffusers training scripts do;
     * checkpoints hold only trainable weights and everything that is not a pretrained part; the
       frozen ones reload from ``pretrained_model_name_or_path``.
-
-    Args:
-        pretrained_model_name_or_path: a diffusers folder, a hub id, or ``tiny`` / ``tiny-v``.
-        revision: hub revision.
-        variant: weight variant (e.g. ``fp16``).
     """
 
-    def __init__(
-        self,
-        pretrained_model_name_or_path: str = "tiny",
-        revision: str | None = None,
-        variant: str | None = None,
-    ) -> None:
-        super().__init__()
-        check_model_name(pretrained_model_name_or_path)  # cheap: a bad or removed name fails before any work
-        self.pretrained_model_name_or_path = pretrained_model_name_or_path
-        self.revision = revision
-        self.variant = variant
-        self.pretrained_parts: tuple[str, ...] = ()
+    #: Attributes holding frozen pretrained weights (left out of checkpoints).
+    pretrained_parts: tuple[str, ...] = ()
+
+    def __init__(self, ignore: Sequence[str] = ()) -> None:
+        super().__init__(ignore)
         self.strict_loading = False  # frozen pretrained weights are not in checkpoints
+
+    @property
+    def pretrained_model_name_or_path(self) -> str:
+        return self.hparams.pretrained_model_name_or_path
+
+    @property
+    def revision(self) -> str | None:
+        return self.hparams.get("revision")
+
+    @property
+    def variant(self) -> str | None:
+        return self.hparams.get("variant")
+
+    def check_options(self) -> None:
+        check_model_name(self.pretrained_model_name_or_path)  # cheap: a bad or removed name fails here
 
     def load_pretrained(self, *parts: str) -> DiffusionComponents:
         """Load ``parts`` (see ``lightning_cat.diffusion.COMPONENTS``) as frozen attributes."""
@@ -53,8 +99,12 @@ class DiffusionModule(LightningModule):
             if isinstance(value, torch.nn.Module):
                 value.requires_grad_(False).eval()
             setattr(self, part, value)
-        self.pretrained_parts = tuple(dict.fromkeys(self.pretrained_parts + parts))
+        self.add_pretrained_parts(*parts)
         return components
+
+    def add_pretrained_parts(self, *parts: str) -> None:
+        """Mark attributes as pretrained parts (frozen weights that checkpoints leave out)."""
+        self.pretrained_parts = tuple(dict.fromkeys(self.pretrained_parts + parts))
 
     @property
     def frozen_dtype(self) -> torch.dtype:

@@ -1,8 +1,9 @@
 """DreamBooth customization (full or LoRA) with prior preservation, CAT VAE and CDL prompts.
 
-The step itself is the shared plain-torch :func:`~lightning_cat.diffusion.dreambooth_loss`; this
-module wires it to the Trainer: which weights train, latent caching, class-image generation for
-the datamodule, optimizer and schedule, and the export of the customized model at fit end::
+The step itself is the shared plain-torch :func:`~lightning_cat.customization.dreambooth_loss`; this
+module wires it to the Trainer: which weights train, latent caching, the missing class-prior images
+(made in ``prepare_data`` by :func:`~lightning_cat.customization.class_images.generate_class_images`),
+optimizer and schedule, and the export of the customized model at fit end::
 
     lightning-cat fit --config configs/dreambooth/lora.tiny.yaml
 
@@ -14,15 +15,28 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_cat.customization import dreambooth_loss, dreambooth_rows
-from lightning_cat.customization.cdl import DEFAULT_CDL_NEGATIVE_PROMPT, DEFAULT_NOISE_TOKEN, ContrastiveDecoupling
-from lightning_cat.customization.export import check_output_dir, export_full_model, export_lora_model
-from lightning_cat.customization.lora import TEXT_ENCODER_LORA_TARGETS, UNET_LORA_TARGETS, add_lora, lora_parameters
+from lightning_cat.atomic import check_output_dir
+from lightning_cat.cat.adapter import load_cat_vae
+from lightning_cat.customization import (
+    DEFAULT_CDL_NEGATIVE_PROMPT,
+    DEFAULT_NOISE_TOKEN,
+    TEXT_ENCODER_LORA_TARGETS,
+    UNET_LORA_TARGETS,
+    ContrastiveDecoupling,
+    Finetune,
+    add_lora,
+    dreambooth_loss,
+    dreambooth_rows,
+    export_full_model,
+    export_lora_model,
+    lora_parameters,
+)
+from lightning_cat.customization.class_images import generate_class_images
 from lightning_cat.diffusion import (
     DiffusionComponents,
     LatentCache,
@@ -32,13 +46,12 @@ from lightning_cat.diffusion import (
     load_vae,
     resolve_model_path,
     scale_latents,
+    vae_scale_factor,
 )
-from lightning_cat.diffusion.latents import vae_scale_factor
 from lightning_cat.modules.base import DiffusionModule
+from lightning_cat.optimization import LRSchedule
 
 __all__ = ["DreamBoothModule"]
-
-_LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 class DreamBoothModule(DiffusionModule):
@@ -84,7 +97,7 @@ class DreamBoothModule(DiffusionModule):
         class_generation_seed: seed of class image ``i`` is ``class_generation_seed + i``.
         output_dir: folder the customized model is exported to at the end of ``fit`` (``None``:
             no export; checkpoints only).
-        overwrite_output: replace an existing non-empty ``output_dir``.
+        overwrite: replace an existing non-empty ``output_dir``.
     """
 
     def __init__(
@@ -92,7 +105,7 @@ class DreamBoothModule(DiffusionModule):
         pretrained_model_name_or_path: str = "tiny",
         revision: str | None = None,
         variant: str | None = None,
-        finetune: Literal["full", "lora"] = "lora",
+        finetune: Finetune = "lora",
         train_text_encoder: bool = False,
         lora_rank: int = 16,
         lora_alpha: float | None = None,
@@ -103,7 +116,7 @@ class DreamBoothModule(DiffusionModule):
         adam_beta1: float = 0.9,
         adam_beta2: float = 0.999,
         adam_epsilon: float = 1e-8,
-        lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant",
+        lr_scheduler: LRSchedule = "constant",
         lr_warmup_steps: int = 0,
         prior_loss_weight: float = 1.0,
         snr_gamma: float | None = None,
@@ -122,26 +135,51 @@ class DreamBoothModule(DiffusionModule):
         class_generation_batch_size: int = 4,
         class_generation_seed: int = 0,
         output_dir: str | None = None,
-        overwrite_output: bool = False,
+        overwrite: bool = False,
     ) -> None:
-        super().__init__(pretrained_model_name_or_path, revision, variant)
-        self.save_hyperparameters()
-        self._validate()
-        self.cdl = ContrastiveDecoupling(
-            instance_suffix=cdl if cdl_instance_suffix is None else cdl_instance_suffix,
-            class_suffix=cdl if cdl_class_suffix is None else cdl_class_suffix,
-            inference_suffix=cdl if cdl_inference_suffix is None else cdl_inference_suffix,
-            negative_prompt=cdl if cdl_negative_prompt is None else cdl_negative_prompt,
-            noise_token=cdl_noise_token,
-            negative_prompt_text=cdl_negative_prompt_text,
-        )
-        if cat_adapter is not None and not (Path(cat_adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"DreamBoothModule: cat_adapter '{cat_adapter}' is not a CAT adapter folder (no adapter_config.json)"
-            )
-        if output_dir is not None:
-            check_output_dir(output_dir, overwrite_output, owner="DreamBoothModule: output_dir")
+        super().__init__()
 
+    def check_options(self) -> None:
+        super().check_options()
+        h = self.hparams
+        if h.lora_rank < 1:
+            self.fail("lora_rank", ">= 1")
+        if not 0.0 <= h.lora_dropout < 1.0:
+            self.fail("lora_dropout", "in [0, 1)")
+        for option in ("learning_rate", "adam_epsilon"):
+            if not h[option] > 0:
+                self.fail(option, "> 0")
+        if h.text_encoder_learning_rate is not None and not h.text_encoder_learning_rate > 0:
+            self.fail("text_encoder_learning_rate", "> 0 or None")
+        for option in ("weight_decay", "prior_loss_weight", "lr_warmup_steps"):
+            if h[option] < 0:
+                self.fail(option, ">= 0")
+        for option in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= h[option] < 1.0:
+                self.fail(option, "in [0, 1)")
+        if h.snr_gamma is not None and not h.snr_gamma > 0:
+            self.fail("snr_gamma", "> 0 or None")
+        for option in ("class_generation_steps", "class_generation_batch_size"):
+            if h[option] < 1:
+                self.fail(option, ">= 1")
+        if h.cat_adapter is not None and not (Path(h.cat_adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"{type(self).__name__}: cat_adapter '{h.cat_adapter}' is not a CAT adapter folder (no adapter_config.json)"
+            )
+        if h.output_dir is not None:
+            check_output_dir(h.output_dir, h.overwrite, owner=f"{type(self).__name__}: output_dir")
+
+    def configure_models(self) -> None:
+        h = self.hparams
+        cdl = h.cdl
+        self.cdl = ContrastiveDecoupling(
+            instance_suffix=cdl if h.cdl_instance_suffix is None else h.cdl_instance_suffix,
+            class_suffix=cdl if h.cdl_class_suffix is None else h.cdl_class_suffix,
+            inference_suffix=cdl if h.cdl_inference_suffix is None else h.cdl_inference_suffix,
+            negative_prompt=cdl if h.cdl_negative_prompt is None else h.cdl_negative_prompt,
+            noise_token=h.cdl_noise_token,
+            negative_prompt_text=h.cdl_negative_prompt_text,
+        )
         self.load_pretrained("tokenizer", "text_encoder", "unet", "noise_scheduler")
         self._load_vae()
         self._configure_trainable()
@@ -149,50 +187,14 @@ class DreamBoothModule(DiffusionModule):
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._use_latent_cache = False
 
-    # ------------------------------------------------------------------ set-up
-
-    def _validate(self) -> None:
-        h = self.hparams
-        name = type(self).__name__
-
-        def fail(option: str, requirement: str) -> None:
-            raise ValueError(f"{name}: {option} must be {requirement}, got {h[option]!r}")
-
-        if h.finetune not in ("full", "lora"):
-            fail("finetune", "one of ['full', 'lora']")
-        if h.lr_scheduler not in _LR_SCHEDULERS:
-            fail("lr_scheduler", f"one of {list(_LR_SCHEDULERS)}")
-        if h.lora_rank < 1:
-            fail("lora_rank", ">= 1")
-        if not 0.0 <= h.lora_dropout < 1.0:
-            fail("lora_dropout", "in [0, 1)")
-        for option in ("learning_rate", "adam_epsilon"):
-            if not h[option] > 0:
-                fail(option, "> 0")
-        if h.text_encoder_learning_rate is not None and not h.text_encoder_learning_rate > 0:
-            fail("text_encoder_learning_rate", "> 0 or None")
-        for option in ("weight_decay", "prior_loss_weight", "lr_warmup_steps"):
-            if h[option] < 0:
-                fail(option, ">= 0")
-        for option in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= h[option] < 1.0:
-                fail(option, "in [0, 1)")
-        if h.snr_gamma is not None and not h.snr_gamma > 0:
-            fail("snr_gamma", "> 0 or None")
-        for option in ("class_generation_steps", "class_generation_batch_size"):
-            if h[option] < 1:
-                fail(option, ">= 1")
-
     def _load_vae(self) -> None:
         if self.hparams.cat_adapter is None:
             self.load_pretrained("vae")
             return
-        from lightning_cat.cat.adapter import load_cat_vae
-
         self.vae = load_cat_vae(
             self.pretrained_model_name_or_path, self.hparams.cat_adapter, revision=self.revision, variant=self.variant
         )
-        self.pretrained_parts = tuple(dict.fromkeys(self.pretrained_parts + ("vae",)))
+        self.add_pretrained_parts("vae")
 
     def _configure_trainable(self) -> None:
         h = self.hparams
@@ -238,11 +240,11 @@ class DreamBoothModule(DiffusionModule):
         self._use_latent_cache = bool(self.hparams.cache_latents and deterministic)
         if self.hparams.cache_latents and not deterministic:
             rank_zero_warn(
-                "DreamBoothModule: cache_latents is on but the datamodule's preprocessing is random (or unknown); "
+                f"{type(self).__name__}: cache_latents is on but the datamodule's preprocessing is random (or unknown); "
                 "latents are encoded every step"
             )
         if self.hparams.output_dir is None:
-            rank_zero_warn("DreamBoothModule: output_dir is not set; the customized model will not be exported")
+            rank_zero_warn(f"{type(self).__name__}: output_dir is not set; the customized model will not be exported")
 
     # ------------------------------------------------------------------ training
 
@@ -282,7 +284,7 @@ class DreamBoothModule(DiffusionModule):
             snr_gamma=self.hparams.snr_gamma,
         )
         if not torch.isfinite(result.loss):
-            raise FloatingPointError(f"DreamBoothModule: loss is {result.loss.item()} at step {self.global_step}")
+            raise FloatingPointError(f"{type(self).__name__}: loss is {result.loss.item()} at step {self.global_step}")
         size = rows.num_instance
         self.log("train/loss", result.loss, prog_bar=True, batch_size=size)
         self.log("train/loss_instance", result.instance, batch_size=size)
@@ -310,32 +312,28 @@ class DreamBoothModule(DiffusionModule):
 
     # ------------------------------------------------------------------ class images
 
+    def prepare_data(self) -> None:
+        """Generate the class-prior images the datamodule still lacks (one process per node)."""
+        data = self._datamodule()
+        missing = getattr(data, "missing_class_images", 0)
+        if missing:
+            self.generate_class_images(
+                prompt=data.class_prompt,
+                num_images=missing,
+                output_dir=data.class_root,
+                start_index=data.num_class_images - missing,
+            )
+
     def _generation_resolution(self) -> int:
         transform = getattr(self._datamodule(), "transform", None)
         if transform is not None:
             return int(transform.resolution)
         return int(self.unet.config.sample_size) * vae_scale_factor(self.vae)
 
-    @torch.no_grad()
     def generate_class_images(self, prompt: str, num_images: int, output_dir: str, start_index: int = 0) -> list[Path]:
-        """Generate ``num_images`` class images with the base model into ``output_dir``.
-
-        The datamodule's ``prepare_data`` calls this (once, on one process) before training.
-        Image ``i`` is ``class_{i:05d}.png`` seeded with ``class_generation_seed + i``; names
-        already taken are skipped. Uses the base VAE even when a CAT adapter is set.
-        """
-        from lightning_cat.diffusion import build_pipeline
-        from lightning_cat.sampling.generation import write_generated_images
-
+        """Generate ``num_images`` class images with the base model (its own VAE even under a CAT
+        adapter) into ``output_dir``; see :func:`~lightning_cat.customization.class_images.generate_class_images`."""
         h = self.hparams
-        folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        indices: list[int] = []
-        index = start_index
-        while len(indices) < num_images:
-            if not (folder / f"class_{index:05d}.png").exists():
-                indices.append(index)
-            index += 1
         vae = (
             self.vae if h.cat_adapter is None else load_vae(self.pretrained_model_name_or_path, revision=self.revision)
         )
@@ -346,25 +344,24 @@ class DreamBoothModule(DiffusionModule):
             vae=vae,
             unet=self.unet,
         )
-        pipeline = build_pipeline(components, revision=self.revision)
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        rank_zero_info(f"{type(self).__name__}: generating {num_images} class images for {prompt!r} in '{output_dir}'")
         was_training = self.training
         self.eval()
-        pipeline.to(device)
-        resolution = self._generation_resolution()
-        rank_zero_info(f"DreamBoothModule: generating {num_images} class images for {prompt!r} in '{folder}'")
         try:
-            return write_generated_images(
-                pipeline,
+            return generate_class_images(
+                components,
                 prompt,
-                [folder / f"class_{i:05d}.png" for i in indices],
-                [h.class_generation_seed + i for i in indices],
-                batch_size=h.class_generation_batch_size,
-                description="class images",
+                num_images,
+                output_dir,
+                start_index=start_index,
+                resolution=self._generation_resolution(),
                 num_inference_steps=h.class_generation_steps,
                 guidance_scale=h.class_generation_guidance,
-                height=resolution,
-                width=resolution,
+                batch_size=h.class_generation_batch_size,
+                seed=h.class_generation_seed,
+                device=device,
+                revision=self.revision,
             )
         finally:
             self.train(was_training)
@@ -411,7 +408,7 @@ class DreamBoothModule(DiffusionModule):
     def export(self, directory: str | Path, overwrite: bool | None = None) -> Path:
         """Write the customized model to ``directory`` (see :mod:`lightning_cat.customization.export`)."""
         h = self.hparams
-        overwrite = h.overwrite_output if overwrite is None else overwrite
+        overwrite = h.overwrite if overwrite is None else overwrite
         record = self.customization_record()
         if h.finetune == "lora":
             text_encoder = self.text_encoder if h.train_text_encoder else None
@@ -438,5 +435,5 @@ class DreamBoothModule(DiffusionModule):
             return
         if self.trainer.is_global_zero:
             path = self.export(self.hparams.output_dir)
-            rank_zero_info(f"DreamBoothModule: exported the customized model to '{path}'")
+            rank_zero_info(f"{type(self).__name__}: exported the customized model to '{path}'")
         self.trainer.strategy.barrier("dreambooth_export")

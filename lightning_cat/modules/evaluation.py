@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning_cat.modules.base import LightningCatModule
 
 __all__ = ["EvaluationModule"]
 
 
-class EvaluationModule(LightningModule):
+class EvaluationModule(LightningCatModule):
     """``test_step`` / ``validation_step`` return the batch flattened for the evaluators.
 
     Output keys: ``image``, ``clean``, ``prompt``, ``path``, ... from the paired side, and

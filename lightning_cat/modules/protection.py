@@ -19,68 +19,29 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from jsonargparse.typing import register_type
 
 from lightning_cat.diffusion import weight_dtype
 from lightning_cat.images import list_images
 from lightning_cat.modules.base import DiffusionModule
-from lightning_cat.protections import PROTECTIONS, Protection, build_protection, protection_class
-from lightning_cat.protections.options import EOT_TRANSFORMS
-
-__all__ = ["ProtectionMethod", "ProtectionModule"]
-
-ProtectionMethod = Literal[
-    "advdm_plus",
-    "advdm_minus",
-    "photoguard",
-    "mist",
-    "sds_plus",
-    "sds_minus",
-    "sdst",
-    "fsmg",
-    "aspl",
-    "metacloak",
-    "caat",
-]
-_EotTransform = Literal["resize_crop", "gaussian_blur", "hflip"]
-assert set(ProtectionMethod.__args__) == set(PROTECTIONS), "ProtectionMethod must list every registered method"
-assert set(_EotTransform.__args__) == set(EOT_TRANSFORMS)
-
-#: Init arguments that are method options (passed to the protection; ``None`` = method default).
-_METHOD_OPTIONS = (
-    "eps_255",
-    "alpha_255",
-    "steps",
-    "norm",
-    "random_start",
-    "step_schedule",
-    "final_step_fraction",
-    "prompt",
-    "timestep_range",
-    "num_noise_draws",
-    "target_image",
-    "semantic_weight",
-    "sds_weight",
-    "class_prompt",
-    "surrogate_lr",
-    "surrogate_batch_size",
-    "surrogate_pretrain_steps",
-    "surrogate_steps",
-    "prior_loss_weight",
-    "max_grad_norm",
-    "train_text_encoder",
-    "iterations",
-    "rounds",
-    "pool_size",
-    "pool_interval",
-    "cycles_per_snapshot",
-    "eot_samples",
-    "eot_transforms",
-    "crop_scale",
-    "blur_kernel_size",
+from lightning_cat.protections import (
+    PROTECTIONS,
+    Protection,
+    ProtectionMethod,
+    build_protection,
+    protection_class,
+    protection_option_names,
 )
+from lightning_cat.protections.options import EOTTransform
+from lightning_cat.protections.pgd import Norm, StepSchedule
+
+__all__ = ["ProtectionModule"]
+
+# LightningCLI checks a method name at parse time against the registry as it is then.
+register_type(ProtectionMethod, serializer=str, deserializer=ProtectionMethod)
 
 
 class ProtectionModule(DiffusionModule):
@@ -92,13 +53,20 @@ class ProtectionModule(DiffusionModule):
         data = ImageFolderDataModule("photos/", resolution=512, batch_size=4)
         Trainer(max_epochs=1, logger=False, enable_checkpointing=False).fit(model, data)
 
+    The options after ``seed`` are the methods' options (``None``: the method's reference value):
+    they go, as given, to :func:`lightning_cat.protections.build_protection`, which checks them
+    (:data:`~lightning_cat.protections.options.OPTION_RULES`) and drives the shared PGD with them.
+
     Args:
-        method: the protection method (see ``lightning_cat.protections.PROTECTIONS``).
+        method: the protection method, a key of ``lightning_cat.protections.PROTECTIONS``.
         pretrained_model_name_or_path, revision, variant: the Stable Diffusion model.
         output_dir: folder the protected set is written to (``None``: attach
             :class:`~lightning_cat.callbacks.ProtectedImageWriter` yourself).
         overwrite: replace a different set already in ``output_dir``.
         seed: seed of all randomness of the protection (per image: ``(seed, file stem)``).
+        class_root: class-prior images for surrogate prior preservation (FSMG, ASPL, MetaCloak,
+            CAAT); ``None``: no prior preservation.
+        num_class_images: use at most this many class images (``None``: all).
         eps_255: L_inf (or L2) budget in /255 pixel units, in (0, 255].
         alpha_255: PGD step size in /255 pixel units.
         steps: PGD steps (ASPL: per iteration; MetaCloak: per cycle).
@@ -112,9 +80,6 @@ class ProtectionModule(DiffusionModule):
         target_image: target image (PhotoGuard, Mist, SDST).
         semantic_weight: Mist's weight of the semantic (``L_DM``) term.
         sds_weight: SDST's weight of the SDS term.
-        class_root: class-prior images for surrogate prior preservation (FSMG, ASPL, MetaCloak,
-            CAAT); ``None``: no prior preservation.
-        num_class_images: use at most this many class images (``None``: all).
         class_prompt: prompt of the class images.
         surrogate_lr: surrogate learning rate (AdamW).
         surrogate_batch_size: instance images per surrogate step.
@@ -128,7 +93,8 @@ class ProtectionModule(DiffusionModule):
         eot_samples, eot_transforms, crop_scale, blur_kernel_size: MetaCloak's transformations.
 
     Raises:
-        ValueError: for an option the method does not take or an illegal value (before any model loads).
+        ValueError: for an unknown method, an option the method does not take or an illegal value
+            (before any model loads).
     """
 
     def __init__(
@@ -140,12 +106,14 @@ class ProtectionModule(DiffusionModule):
         output_dir: str | None = None,
         overwrite: bool = False,
         seed: int = 0,
+        class_root: str | None = None,
+        num_class_images: int | None = None,
         eps_255: float | None = None,
         alpha_255: float | None = None,
         steps: int | None = None,
-        norm: Literal["linf", "l2"] | None = None,
+        norm: Norm | None = None,
         random_start: bool | None = None,
-        step_schedule: Literal["constant", "linear"] | None = None,
+        step_schedule: StepSchedule | None = None,
         final_step_fraction: float | None = None,
         prompt: str | None = None,
         timestep_range: tuple[int, int] | None = None,
@@ -153,8 +121,6 @@ class ProtectionModule(DiffusionModule):
         target_image: str | None = None,
         semantic_weight: float | None = None,
         sds_weight: float | None = None,
-        class_root: str | None = None,
-        num_class_images: int | None = None,
         class_prompt: str | None = None,
         surrogate_lr: float | None = None,
         surrogate_batch_size: int | None = None,
@@ -169,38 +135,36 @@ class ProtectionModule(DiffusionModule):
         pool_interval: int | None = None,
         cycles_per_snapshot: int | None = None,
         eot_samples: int | None = None,
-        eot_transforms: list[_EotTransform] | None = None,
+        eot_transforms: list[EOTTransform] | None = None,
         crop_scale: float | None = None,
         blur_kernel_size: int | None = None,
     ) -> None:
-        super().__init__(pretrained_model_name_or_path, revision=revision, variant=variant)
-        self.save_hyperparameters()
-        self.automatic_optimization = False
+        super().__init__()
+
+    def check_options(self) -> None:
+        super().check_options()
+        h = self.hparams
         name = type(self).__name__
+        h.method = str(h.method)  # plain text in hparams and manifests
         try:
-            self.method_class: type[Protection] = protection_class(method)
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
-        given = {key: value for key, value in locals().items() if key in _METHOD_OPTIONS}
-        try:
+            self.method_class: type[Protection] = protection_class(h.method)
+            given = {option: h[option] for option in protection_option_names() if option in h}
             self.protection_options = self.method_class.resolve(**given)
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"{name}: seed must be an integer, got {seed!r}")
-        if class_root is not None:
+        if h.class_root is not None:
             if not self.method_class.coupled:
                 coupled = [m for m, cls in PROTECTIONS.items() if cls.coupled]
-                raise ValueError(f"{name}: class_root is used only by the surrogate methods {coupled}, not {method!r}")
-            list_images(class_root, what="class image folder")  # exists and holds images
-        if num_class_images is not None and (class_root is None or num_class_images < 1):
-            raise ValueError(f"{name}: num_class_images must be >= 1 and needs class_root, got {num_class_images!r}")
-        self.method = method
-        self.output_dir = output_dir
-        self.overwrite = overwrite
-        self.seed = seed
-        self.class_root = class_root
-        self.num_class_images = num_class_images
+                raise ValueError(
+                    f"{name}: class_root is used only by the surrogate methods {coupled}, not {h.method!r}"
+                )
+            list_images(h.class_root, what="class image folder")  # exists and holds images
+        if h.num_class_images is not None and (h.class_root is None or h.num_class_images < 1):
+            self.fail("num_class_images", ">= 1 and needs class_root")
+
+    def configure_models(self) -> None:
+        # The models load at setup, once the Trainer's device and precision are known.
+        self.automatic_optimization = False
         self.protection: Protection | None = None
         self._group: dict[str, torch.Tensor] = {}
         self._pgd_steps_done = 0
@@ -208,6 +172,14 @@ class ProtectionModule(DiffusionModule):
         # a module without a trainable parameter. This one never receives a gradient; gradient
         # synchronisation is switched off in on_train_start (see there).
         self.ddp_anchor = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def method(self) -> str:
+        return self.hparams.method
+
+    @property
+    def seed(self) -> int:
+        return self.hparams.seed
 
     # ------------------------------------------------------------------ identity (manifest)
 
@@ -227,10 +199,11 @@ class ProtectionModule(DiffusionModule):
 
     def params(self) -> dict[str, Any]:
         """Every option of the protection (method defaults filled in), as recorded in manifests."""
+        h = self.hparams
         params = {key: list(v) if isinstance(v, tuple) else v for key, v in self.protection_options.items()}
         if self.method_class.coupled:
-            params["class_root"] = None if self.class_root is None else str(Path(self.class_root).resolve())
-            params["num_class_images"] = self.num_class_images
+            params["class_root"] = None if h.class_root is None else str(Path(h.class_root).resolve())
+            params["num_class_images"] = h.num_class_images
         return params
 
     def manifest_identity(self, datamodule: Any) -> dict[str, Any]:
@@ -255,11 +228,11 @@ class ProtectionModule(DiffusionModule):
     # ------------------------------------------------------------------ Lightning hooks
 
     def configure_callbacks(self):
-        if self.output_dir is None:
+        if self.hparams.output_dir is None:
             return []
         from lightning_cat.callbacks.protected_image_writer import ProtectedImageWriter
 
-        return [ProtectedImageWriter(self.output_dir, overwrite=self.overwrite)]
+        return [ProtectedImageWriter(self.hparams.output_dir, overwrite=self.hparams.overwrite)]
 
     def configure_optimizers(self):
         return None  # PGD and surrogate optimisers live inside the protection
@@ -268,8 +241,10 @@ class ProtectionModule(DiffusionModule):
         datamodule = self.trainer.datamodule
         if datamodule is not None:
             self.check_datamodule(datamodule)
-        if self.output_dir is None and not any(
-            type(c).__name__ == "ProtectedImageWriter" for c in self.trainer.callbacks
+        from lightning_cat.callbacks.protected_image_writer import ProtectedImageWriter
+
+        if self.hparams.output_dir is None and not any(
+            isinstance(c, ProtectedImageWriter) for c in self.trainer.callbacks
         ):
             warnings.warn(
                 "ProtectionModule has no output_dir and no ProtectedImageWriter callback: nothing will be saved",
@@ -299,12 +274,13 @@ class ProtectionModule(DiffusionModule):
             self.logger.log_metrics({"protect/loss": loss}, step=self._pgd_steps_done)
 
     def _class_images(self, datamodule: Any) -> torch.Tensor | None:
-        if self.class_root is None:
+        h = self.hparams
+        if h.class_root is None:
             return None
         from lightning_cat.datamodules import ImageFolderDataset
 
         dataset = ImageFolderDataset(
-            self.class_root, datamodule.transform, what="class image folder", max_images=self.num_class_images
+            h.class_root, datamodule.transform, what="class image folder", max_images=h.num_class_images
         )
         return torch.stack([dataset.load(i) for i in range(len(dataset))])
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningModule
-
+from lightning_cat.modules.base import LightningCatModule
 from lightning_cat.purification.base import Purifier, purify_images
 
 __all__ = ["PurificationModule"]
 
 
-class PurificationModule(LightningModule):
+class PurificationModule(LightningCatModule):
     """Purify every image of the predict set; pair it with ``PurifiedSetWriter`` to save the set.
 
     Each image is purified on its own with a generator seeded from ``seed`` and its file stem
@@ -31,12 +30,16 @@ class PurificationModule(LightningModule):
     """
 
     def __init__(self, purifier: Purifier, seed: int = 0) -> None:
-        super().__init__()
-        if not isinstance(purifier, Purifier):
-            raise TypeError(f"PurificationModule: purifier must be a Purifier, got {type(purifier).__name__}")
-        self.save_hyperparameters(ignore=["purifier"])
-        self.purifier = purifier
-        self.seed = seed
+        self.purifier = purifier  # an object: not a hyperparameter (its options are in manifests)
+        super().__init__(ignore=["purifier"])
+
+    def check_options(self) -> None:
+        if not isinstance(self.purifier, Purifier):
+            raise TypeError(f"{type(self).__name__}: purifier must be a Purifier, got {type(self.purifier).__name__}")
+
+    @property
+    def seed(self) -> int:
+        return self.hparams.seed
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Returns ``image`` (purified), ``source`` (the input images) and ``path``."""

@@ -13,13 +13,13 @@ The CDL sampling switches default to what training recorded; set them to overrid
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from lightning_cat.customization.cdl import ContrastiveDecoupling
 from lightning_cat.customization.export import load_customized_components
-from lightning_cat.diffusion import SCHEDULERS, build_pipeline
+from lightning_cat.diffusion import SchedulerName, build_pipeline
 from lightning_cat.modules.base import DiffusionModule
 from lightning_cat.pixels import to_uint8
 from lightning_cat.sampling.generation import generate_images
@@ -51,7 +51,7 @@ class SamplingModule(DiffusionModule):
         pretrained_model_name_or_path: str = "tiny",
         revision: str | None = None,
         variant: str | None = None,
-        scheduler: Literal["default", "ddim", "ddpm", "pndm", "euler", "euler_a", "dpm++"] = "default",
+        scheduler: SchedulerName = "default",
         num_inference_steps: int = 100,
         guidance_scale: float = 7.5,
         negative_prompt: str | None = None,
@@ -59,35 +59,33 @@ class SamplingModule(DiffusionModule):
         cdl_negative_prompt: bool | None = None,
         resolution: int | None = None,
     ) -> None:
-        super().__init__(pretrained_model_name_or_path, revision, variant)
-        self.save_hyperparameters()
-        name = type(self).__name__
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"{name}: scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"{name}: num_inference_steps must be >= 1, got {num_inference_steps}")
-        if guidance_scale < 0:
-            raise ValueError(f"{name}: guidance_scale must be >= 0, got {guidance_scale}")
-        if resolution is not None and (resolution < 8 or resolution % 8):
-            raise ValueError(f"{name}: resolution must be a multiple of 8 (>= 8), got {resolution}")
+        super().__init__()
 
+    def check_options(self) -> None:
+        super().check_options()
+        h = self.hparams
+        if h.num_inference_steps < 1:
+            self.fail("num_inference_steps", ">= 1")
+        if h.guidance_scale < 0:
+            self.fail("guidance_scale", ">= 0")
+        if h.resolution is not None and (h.resolution < 8 or h.resolution % 8):
+            self.fail("resolution", "a multiple of 8 (>= 8)")
+
+    def configure_models(self) -> None:
+        h = self.hparams
         components, self.record = load_customized_components(
-            pretrained_model_name_or_path, revision=revision, variant=variant
+            h.pretrained_model_name_or_path, revision=h.revision, variant=h.variant
         )
         for part in _PARTS:
             setattr(self, part, getattr(components, part))
-        self.pretrained_parts = _PARTS
-        self.pipeline = build_pipeline(components, scheduler, revision=revision)
+        self.add_pretrained_parts(*_PARTS)
+        self.pipeline = build_pipeline(components, h.scheduler, revision=h.revision)
         recorded = ContrastiveDecoupling.from_dict((self.record or {}).get("cdl"))
+        overrides = {"inference_suffix": h.cdl_inference_suffix, "negative_prompt": h.cdl_negative_prompt}
         self.cdl = ContrastiveDecoupling(
-            **{
-                **recorded.to_dict(),
-                **({"inference_suffix": cdl_inference_suffix} if cdl_inference_suffix is not None else {}),
-                **({"negative_prompt": cdl_negative_prompt} if cdl_negative_prompt is not None else {}),
-            }
+            **{**recorded.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
         )
-        if resolution is None:
-            resolution = (self.record or {}).get("resolution")
+        resolution = h.resolution if h.resolution is not None else (self.record or {}).get("resolution")
         if resolution is None:
             resolution = int(self.unet.config.sample_size) * self.pipeline.vae_scale_factor
         self.resolution = int(resolution)

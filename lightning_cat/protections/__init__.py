@@ -31,25 +31,20 @@ image, ``ascend``, ``draw(images, generators)``, ``gradient``); :class:`PGD` is 
 (``start``, ``step``, ``project``, ``finalize`` onto the 8-bit grid, ``run``). Budgets and step
 sizes are always given in ``/255`` pixel units and converted once (``to_model_units``).
 
-Options (all methods): ``eps_255``, ``alpha_255``, ``steps``, ``norm`` (``linf``/``l2``),
-``random_start``, ``step_schedule`` (``constant``/``linear``), ``final_step_fraction``.
-Diffusion objectives: ``prompt``, ``timestep_range``, ``num_noise_draws``. Targets:
-``target_image`` (PhotoGuard: zero latent when absent; Mist/SDST: built-in texture),
-``semantic_weight`` (Mist), ``sds_weight`` (SDST). Surrogates: ``class_prompt``,
-``surrogate_lr``, ``surrogate_batch_size``, ``prior_loss_weight``, ``max_grad_norm``,
-``train_text_encoder``, ``surrogate_pretrain_steps`` (FSMG), ``iterations`` and
-``surrogate_steps`` (ASPL), ``rounds``, ``pool_size``, ``pool_interval``,
-``cycles_per_snapshot``, ``eot_samples``, ``eot_transforms``, ``crop_scale``,
-``blur_kernel_size`` (MetaCloak). Each class's ``defaults`` lists its options.
+Options: each method's ``defaults`` lists the options it takes with their reference values;
+:data:`~lightning_cat.protections.options.OPTION_RULES` says what each accepts, and
+:class:`lightning_cat.modules.ProtectionModule` documents them all.
 """
 
 from lightning_cat.protections.base import DiffusionDraw, DiffusionObjective, Objective, ObjectiveProtection, Protection
 from lightning_cat.protections.pgd import PGD, to_model_units
 from lightning_cat.protections.registry import (
     PROTECTIONS,
+    ProtectionMethod,
     build_protection,
     protect,
     protection_class,
+    protection_option_names,
     resolve_protection_options,
 )
 from lightning_cat.protections.surrogate import Surrogate, SurrogateProtection
@@ -57,6 +52,7 @@ from lightning_cat.protections.surrogate import Surrogate, SurrogateProtection
 __all__ = [
     "PGD",
     "PROTECTIONS",
+    "ProtectionMethod",
     "DiffusionDraw",
     "DiffusionObjective",
     "Objective",
@@ -67,6 +63,7 @@ __all__ = [
     "build_protection",
     "protect",
     "protection_class",
+    "protection_option_names",
     "resolve_protection_options",
     "to_model_units",
 ]

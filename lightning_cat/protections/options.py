@@ -8,14 +8,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from lightning_cat.options import choices
 from lightning_cat.protections.pgd import NORMS, STEP_SCHEDULES, check_budget
 
-__all__ = ["EOT_TRANSFORMS", "OPTION_RULES", "resolve_options"]
+__all__ = ["EOT_TRANSFORMS", "OPTION_RULES", "EOTTransform", "resolve_options"]
 
 #: Transformations MetaCloak takes its expectation over.
-EOT_TRANSFORMS = ("resize_crop", "gaussian_blur", "hflip")
+EOTTransform = Literal["resize_crop", "gaussian_blur", "hflip"]
+EOT_TRANSFORMS = choices(EOTTransform)
 
 
 def _number(minimum: float | None = None, maximum: float | None = None, *, strict_min: bool = False):

@@ -17,15 +17,20 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from lightning_cat.options import choices
 from lightning_cat.pixels import from_levels, to_levels, to_model_units
 
 if TYPE_CHECKING:
     from lightning_cat.protections.base import Objective
 
-__all__ = ["NORMS", "PGD", "STEP_SCHEDULES", "quantize_within_budget", "to_model_units"]
+__all__ = ["NORMS", "PGD", "STEP_SCHEDULES", "Norm", "StepSchedule", "quantize_within_budget", "to_model_units"]
 
-NORMS = ("linf", "l2")
-STEP_SCHEDULES = ("constant", "linear")
+#: ``linf`` sign steps or ``l2`` steps along the normalised gradient.
+Norm = Literal["linf", "l2"]
+NORMS = choices(Norm)
+#: ``constant`` step size, or ``linear`` decay to ``alpha * final_step_fraction`` (PhotoGuard).
+StepSchedule = Literal["constant", "linear"]
+STEP_SCHEDULES = choices(StepSchedule)
 
 
 def _per_image_norm(tensor: torch.Tensor) -> torch.Tensor:
@@ -64,9 +69,9 @@ class PGD:
         eps_255: float,
         alpha_255: float,
         steps: int,
-        norm: Literal["linf", "l2"] = "linf",
+        norm: Norm = "linf",
         random_start: bool = False,
-        step_schedule: Literal["constant", "linear"] = "constant",
+        step_schedule: StepSchedule = "constant",
         final_step_fraction: float = 0.01,
     ) -> None:
         check_budget(eps_255, alpha_255, steps, owner="PGD")
@@ -180,9 +185,7 @@ class PGD:
         }
 
 
-def quantize_within_budget(
-    adv: torch.Tensor, clean: torch.Tensor, eps_255: float, norm: Literal["linf", "l2"] = "linf"
-) -> torch.Tensor:
+def quantize_within_budget(adv: torch.Tensor, clean: torch.Tensor, eps_255: float, norm: Norm = "linf") -> torch.Tensor:
     """Round ``adv`` to the 8-bit grid and project it in integers so the saved PNG is within budget.
 
     The reference is ``clean`` rounded to 8 bits (what the clean PNG stores); an L_inf budget of

@@ -16,7 +16,15 @@ from lightning_cat.protections.mist import Mist
 from lightning_cat.protections.photoguard import PhotoGuard
 from lightning_cat.protections.sds import SDST, SDSMinus, SDSPlus
 
-__all__ = ["PROTECTIONS", "build_protection", "protect", "protection_class", "resolve_protection_options"]
+__all__ = [
+    "PROTECTIONS",
+    "ProtectionMethod",
+    "build_protection",
+    "protect",
+    "protection_class",
+    "protection_option_names",
+    "resolve_protection_options",
+]
 
 #: Method name -> class. Names are what configs, manifests and ``ProtectionModule.method`` use.
 PROTECTIONS: dict[str, type[Protection]] = {
@@ -37,6 +45,19 @@ PROTECTIONS: dict[str, type[Protection]] = {
 }
 
 
+class ProtectionMethod(str):
+    """A method name: making one checks it against :data:`PROTECTIONS` as registered at that moment,
+    so a method registered by a user is accepted (a ``Literal`` would freeze the choices at import).
+
+    Raises:
+        ValueError: for an unknown name, listing the registered ones.
+    """
+
+    def __new__(cls, value: str) -> ProtectionMethod:
+        protection_class(value)
+        return super().__new__(cls, value)
+
+
 def protection_class(method: str) -> type[Protection]:
     """The class registered as ``method``.
 
@@ -47,6 +68,11 @@ def protection_class(method: str) -> type[Protection]:
         return PROTECTIONS[method]
     except (KeyError, TypeError):
         raise ValueError(f"unknown protection method {method!r}; choose one of {list(PROTECTIONS)}") from None
+
+
+def protection_option_names() -> set[str]:
+    """Every option some registered method takes (the union of their ``defaults``)."""
+    return set().union(*(cls.defaults for cls in PROTECTIONS.values()))
 
 
 def resolve_protection_options(method: str, **options: Any) -> dict[str, Any]:
