@@ -5,8 +5,9 @@ The evaluator then works in ``validate`` and ``test`` of any LightningModule:
 
 * on each batch end it reads its inputs from the step's output when that is a dict, otherwise from
   the batch, and updates its metrics in float32 with autocast off (whatever the run's precision);
-* at epoch end it logs every metric object with ``pl_module.log``, so Lightning computes it once,
-  synchronizes its states across processes (torchmetrics ``dist_reduce_fx``) and resets it.
+* at epoch end it computes every metric (torchmetrics synchronizes the states across processes
+  with their ``dist_reduce_fx``), logs the value (each entry of a metric that returns a dict, as
+  ``name/key``) and resets it.
 
 Metrics live in the callback, not in the module: the module's precision casts and checkpoints do
 not touch them.
@@ -71,6 +72,14 @@ class MetricEvaluator(nn.Module, Callback):
         """Feed one step's inputs to the metrics."""
         raise NotImplementedError
 
+    def log_key(self, stage: str, name: str, key: str = "") -> str:
+        """The logged name of metric ``name`` (``key``: an entry of a dict-valued metric)."""
+        return f"{self.prefix}{name}" + (f"/{key}" if key else "")
+
+    def select_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The computed values to log (all by default); raise to refuse the epoch's results."""
+        return values
+
     # -- Lightning hooks ---------------------------------------------------------------------------
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -88,10 +97,16 @@ class MetricEvaluator(nn.Module, Callback):
         with torch.no_grad(), torch.autocast(self._device.type, enabled=False):
             self.update_metrics(inputs)
 
-    def _epoch_end(self, pl_module: LightningModule) -> None:
+    def _epoch_end(self, pl_module: LightningModule, stage: str) -> None:
+        values: dict[str, torch.Tensor] = {}
         for name, metric in self.metrics.items():
-            key = f"{self.prefix}{name}"
-            pl_module.log(key, metric, on_step=False, on_epoch=True, metric_attribute=f"{self.state_key}.{name}")
+            value = metric.compute()  # reduced across processes: every rank gets the same value
+            entries = value.items() if isinstance(value, Mapping) else [("", value)]
+            values.update({self.log_key(stage, name, key): entry for key, entry in entries})
+            metric.reset()
+        values = self.select_values(values)
+        if values:
+            pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start(trainer, pl_module)
@@ -107,10 +122,10 @@ class MetricEvaluator(nn.Module, Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._epoch_end(pl_module)
+            self._epoch_end(pl_module, "val")
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._epoch_end(pl_module)
+        self._epoch_end(pl_module, "test")
 
 
 def images_of(inputs: Mapping[str, Any], key: str) -> torch.Tensor | None:

@@ -40,13 +40,11 @@ from lightning_cat.metrics import (
     load_inception,
     load_shared_clip,
 )
+from lightning_cat.metrics.clip_models import CLIPBackend
+from lightning_cat.metrics.feature_extractors import InceptionLayer
+from lightning_cat.options import check_arguments
 
 __all__ = ["GeneratedImageEvaluator"]
-
-
-def _check(owner: str, option: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{owner}: {option}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
 class GeneratedImageEvaluator(MetricEvaluator):
@@ -89,13 +87,13 @@ class GeneratedImageEvaluator(MetricEvaluator):
         fid: bool = True,
         fid_extractor: Literal["inception", "random"] = "inception",
         fid_weights: str | None = None,
-        fid_features: Literal[64, 192, 768, 2048] = 2048,
+        fid_features: InceptionLayer = 2048,
         statistics_cache: str | None = None,
         clip_iqa: bool = True,
         clip_iqa_prompts: list[tuple[str, str]] | None = None,
         clip_iqac: bool = True,
         class_name: str = "person",
-        clip_backend: Literal["open_clip", "transformers", "tiny"] = "open_clip",
+        clip_backend: CLIPBackend = "open_clip",
         clip_model: str = "ViT-L-14",
         clip_weights: str | None = None,
         fdfr: bool = False,
@@ -107,11 +105,9 @@ class GeneratedImageEvaluator(MetricEvaluator):
         batch_size: int = 16,
         prefix: str = "",
     ) -> None:
-        super().__init__(prefix)
         name = type(self).__name__
-        _check(name, "fid_extractor", fid_extractor, ("inception", "random"))
-        _check(name, "fid_features", fid_features, (64, 192, 768, 2048))
-        _check(name, "clip_backend", clip_backend, ("open_clip", "transformers", "tiny"))
+        check_arguments(name, type(self).__init__, locals())  # Literal choices, from the signature
+        super().__init__(prefix)
         if not 0.0 <= face_min_confidence <= 1.0:
             raise ValueError(f"{name}: face_min_confidence must lie in [0, 1], got {face_min_confidence}")
         if ism and face_embedder_weights is None:

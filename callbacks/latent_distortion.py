@@ -26,8 +26,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 
+from lightning_cat.callbacks.evaluator import MetricEvaluator, images_of
 from lightning_cat.cat.adapter import load_cat_vae
 from lightning_cat.diffusion.loading import load_vae
 from lightning_cat.metrics.latent_distortion import LatentDistortion
@@ -35,7 +36,7 @@ from lightning_cat.metrics.latent_distortion import LatentDistortion
 __all__ = ["LatentDistortionCallback"]
 
 
-class LatentDistortionCallback(Callback):
+class LatentDistortionCallback(MetricEvaluator):
     """Latent distortion and reconstruction errors of protected vs clean images, base and CAT VAE.
 
     Args:
@@ -72,10 +73,10 @@ class LatentDistortionCallback(Callback):
         self.cat_adapter = cat_adapter
         self.revision = revision
         self.variant = variant
-        self.metrics: torch.nn.ModuleDict | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage not in ("test", "validate") or self.metrics is not None:
+        # Only under `test` and `validate`: validation inside `fit` is not evaluated.
+        if stage not in ("test", "validate") or len(self.metrics):
             return
         name = self.pretrained_model_name_or_path or getattr(pl_module, "pretrained_model_name_or_path", None)
         if name is None:
@@ -84,60 +85,31 @@ class LatentDistortionCallback(Callback):
             )
         weights = {"revision": self.revision, "variant": self.variant}
         base = load_vae(name, **weights).requires_grad_(False).eval()
-        metrics = {"base": LatentDistortion(base)}
+        self.metrics["base"] = LatentDistortion(base)
         if self.cat_adapter is not None:
-            metrics["cat"] = LatentDistortion(load_cat_vae(name, self.cat_adapter, **weights), reference_vae=base)
-        self.metrics = torch.nn.ModuleDict(metrics)
+            self.metrics["cat"] = LatentDistortion(load_cat_vae(name, self.cat_adapter, **weights), reference_vae=base)
 
-    def _to_module_device(self, pl_module: LightningModule) -> None:
-        # At setup the module may not be on its device yet; by the start of the loop it is. The VAEs
-        # also take the module's dtype (float64 under precision 64-true; fp32 under *-mixed).
-        if self.metrics is not None:
-            self.metrics.to(pl_module.device)
-            for metric in self.metrics.values():
-                metric.vae.to(pl_module.dtype)
+    def prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The VAEs take the module's dtype (float64 under precision 64-true; fp32 under *-mixed).
+        for metric in self.metrics.values():
+            metric.vae.to(pl_module.dtype)
 
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._to_module_device(pl_module)
-
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._to_module_device(pl_module)
-
-    def _update(self, outputs: Any, batch: Any) -> None:
-        inputs = outputs if isinstance(outputs, Mapping) else batch
-        protected, clean = inputs.get("image"), inputs.get("clean")
-        if not isinstance(protected, torch.Tensor) or not isinstance(clean, torch.Tensor) or not len(protected):
+    def update_metrics(self, inputs: Mapping[str, Any]) -> None:
+        protected, clean = images_of(inputs, "image"), images_of(inputs, "clean")
+        if protected is None or clean is None:
             return  # e.g. a generated-images-only step of EvaluationDataModule
         for metric in self.metrics.values():
-            metric.update(protected.float(), clean.float())
+            metric.update(protected, clean)
 
-    def _log(self, pl_module: LightningModule, stage: str) -> None:
-        for name, metric in self.metrics.items():
-            values = metric.compute()
-            # Computed values are reduced over ranks: with no pair anywhere every rank gets 0/0.
-            if values["recon_psnr"].isnan():
-                raise KeyError(
-                    "LatentDistortionCallback needs clean/protected pairs (step outputs or batches with 'image' "
-                    "and 'clean', as PairedImageDataModule, or EvaluationDataModule with a protected_root, gives); "
-                    "no step had them"
-                )
-            logged = {f"{stage}/{name}/{key}": values[key] for key in self.keys}
-            pl_module.log_dict(logged, sync_dist=False)  # already reduced across ranks by torchmetrics
-            metric.reset()
+    def log_key(self, stage: str, name: str, key: str = "") -> str:
+        return f"{stage}/{name}/{key}"
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.metrics is not None:
-            self._update(outputs, batch)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.metrics is not None:
-            self._log(pl_module, "test")
-
-    # Only under `validate` (set up there): validation inside `fit` is not evaluated.
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.metrics is not None and not trainer.sanity_checking:
-            self._update(outputs, batch)
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.metrics is not None and not trainer.sanity_checking:
-            self._log(pl_module, "val")
+    def select_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Computed values are reduced over ranks: with no pair anywhere every rank gets 0/0.
+        if any(key.endswith("/recon_psnr") and value.isnan() for key, value in values.items()):
+            raise KeyError(
+                "LatentDistortionCallback needs clean/protected pairs (step outputs or batches with 'image' "
+                "and 'clean', as PairedImageDataModule, or EvaluationDataModule with a protected_root, gives); "
+                "no step had them"
+            )
+        return {key: value for key, value in values.items() if key.rsplit("/", 1)[-1] in self.keys}

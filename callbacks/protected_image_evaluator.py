@@ -21,7 +21,7 @@ the plug-ins' names, each with ``prefix`` in front.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from torchmetrics import Metric
 
@@ -34,7 +34,9 @@ from lightning_cat.metrics import (
     LPIPSDistance,
     load_shared_clip,
 )
-from lightning_cat.perceptual import LPIPS_NETS
+from lightning_cat.metrics.clip_models import CLIPBackend
+from lightning_cat.options import check_arguments
+from lightning_cat.perceptual import LPIPSNet
 
 __all__ = ["ProtectedImageEvaluator"]
 
@@ -70,26 +72,20 @@ class ProtectedImageEvaluator(MetricEvaluator):
         psnr: bool = True,
         ssim: bool = True,
         lpips: bool = True,
-        lpips_net: Literal["alex", "vgg", "squeeze"] = "alex",
+        lpips_net: LPIPSNet = "alex",
         lpips_backbone_weights: str | None = None,
         lpips_random_backbone: bool = False,
         clip_alignment: bool = True,
         class_name: str = "person",
         noise_prompt: str = "noise pattern",
-        clip_backend: Literal["open_clip", "transformers", "tiny"] = "open_clip",
+        clip_backend: CLIPBackend = "open_clip",
         clip_model: str = "ViT-L-14",
         clip_weights: str | None = None,
         metrics: dict[str, Metric] | None = None,
         prefix: str = "",
     ) -> None:
+        check_arguments(type(self).__name__, type(self).__init__, locals())  # Literal choices, from the signature
         super().__init__(prefix)
-        name = type(self).__name__
-        if lpips_net not in LPIPS_NETS:
-            raise ValueError(f"{name}: lpips_net={lpips_net!r} is not allowed; choose one of {list(LPIPS_NETS)}")
-        if clip_backend not in ("open_clip", "transformers", "tiny"):
-            raise ValueError(
-                f"{name}: clip_backend={clip_backend!r} is not allowed; choose one of ['open_clip', 'transformers', 'tiny']"
-            )
         self.image_key, self.clean_key, self.prompt_key = image_key, clean_key, prompt_key
         if psnr:
             self.metrics["psnr"] = PSNR()

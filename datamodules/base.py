@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_cat.images import ImageTransform
+from lightning_cat.images import Crop, ImageTransform, Interpolation, SmallImages
 
 __all__ = ["ImageDataModule"]
 
@@ -38,10 +36,10 @@ class ImageDataModule(LightningDataModule):
     def __init__(
         self,
         resolution: int = 512,
-        crop: Literal["center", "random"] = "center",
+        crop: Crop = "center",
         hflip: bool = False,
-        interpolation: Literal["bicubic", "bilinear", "lanczos", "nearest"] = "bicubic",
-        small_images: Literal["error", "upscale"] = "error",
+        interpolation: Interpolation = "bicubic",
+        small_images: SmallImages = "error",
         batch_size: int = 1,
         num_workers: int = 0,
         shuffle: bool = True,

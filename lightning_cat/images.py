@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,10 +28,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lightning_cat.atomic import atomic_write_bytes
+from lightning_cat.options import check_arguments
 from lightning_cat.pixels import from_levels, to_uint8
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "Crop",
+    "Interpolation",
+    "SmallImages",
     "ImageInputError",
     "ImageTransform",
     "list_images",
@@ -44,7 +47,12 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
-_Interpolation = Literal["bicubic", "bilinear", "lanczos", "nearest"]
+#: ``center`` (deterministic) or ``random`` crops.
+Crop = Literal["center", "random"]
+#: PIL resampling filter of the resize.
+Interpolation = Literal["bicubic", "bilinear", "lanczos", "nearest"]
+#: What to do with an image smaller than the resolution: refuse it, or upscale it.
+SmallImages = Literal["error", "upscale"]
 _PIL_INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -163,17 +171,15 @@ class ImageTransform:
     """
 
     resolution: int = 512
-    crop: Literal["center", "random"] = "center"
+    crop: Crop = "center"
     hflip: bool = False
-    interpolation: _Interpolation = "bicubic"
-    small_images: Literal["error", "upscale"] = "error"
+    interpolation: Interpolation = "bicubic"
+    small_images: SmallImages = "error"
 
     def __post_init__(self) -> None:
         if not isinstance(self.resolution, int) or self.resolution < 8:
             raise ValueError(f"ImageTransform: resolution must be an int >= 8, got {self.resolution!r}")
-        _check_choice("ImageTransform", "crop", self.crop, ("center", "random"))
-        _check_choice("ImageTransform", "interpolation", self.interpolation, tuple(_PIL_INTERPOLATION))
-        _check_choice("ImageTransform", "small_images", self.small_images, ("error", "upscale"))
+        check_arguments("ImageTransform", ImageTransform, asdict(self))
 
     @property
     def is_deterministic(self) -> bool:
@@ -220,11 +226,6 @@ class ImageTransform:
     def to_dict(self) -> dict[str, Any]:
         """The parameters to record in manifests (and to rebuild the transform from)."""
         return asdict(self)
-
-
-def _check_choice(owner: str, option: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{owner}: {option}={value!r} is not one of {list(allowed)}")
 
 
 def save_png(image: torch.Tensor | Image.Image, path: str | os.PathLike) -> None:

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import optimize, signal, special
-from torchmetrics import Metric
 
+from lightning_cat.metrics.mean import RunningMean
 from lightning_cat.pixels import to_uint8
 
 __all__ = ["BRISQUE", "BRISQUEModel", "brisque_features", "brisque_model_dir", "load_brisque_model"]
@@ -214,7 +214,7 @@ def brisque_features(rgb: np.ndarray) -> np.ndarray:
     return np.array(_scale_features(gray) + _scale_features(downscale_half_bicubic(gray)))
 
 
-class BRISQUE(Metric):
+class BRISQUE(RunningMean):
     """Mean BRISQUE score of images (lower: better quality), shipped SVR model, features computed here.
 
     Args:
@@ -222,15 +222,11 @@ class BRISQUE(Metric):
         **kwargs: torchmetrics ``Metric`` options.
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
 
     def __init__(self, model_dir: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = load_brisque_model(model_dir)
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def scores(self, images: torch.Tensor) -> np.ndarray:
         """Per-image scores of ``[B, 3, H, W]`` images in ``[-1, 1]`` (rounded to 8 bits first)."""
@@ -240,11 +236,4 @@ class BRISQUE(Metric):
 
     def update(self, images: torch.Tensor) -> None:
         """Add images (``[B, 3, H, W]`` in ``[-1, 1]``)."""
-        scores = self.scores(images)
-        self.total += float(scores.sum())
-        self.count += len(scores)
-
-    def compute(self) -> torch.Tensor:
-        if self.count == 0:
-            return torch.tensor(float("nan"), device=self.total.device)
-        return (self.total / self.count).float()
+        self.add(torch.from_numpy(self.scores(images)))

@@ -21,34 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchmetrics import Metric
 
 from lightning_cat.metrics.clip_iqa import antonym_probabilities
 from lightning_cat.metrics.clip_models import CLIPEncoder
+from lightning_cat.metrics.mean import RunningMean
 
 __all__ = ["CLIPTextSimilarity", "CLIPZeroShotProbability"]
 
 
-class _MeanMetric(Metric):
-    is_differentiable = False
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-
-    def _add(self, values: torch.Tensor) -> None:
-        self.total += values.double().sum().to(self.total.device)
-        self.count += values.numel()
-
-    def compute(self) -> torch.Tensor:
-        if self.count == 0:
-            return torch.tensor(float("nan"), device=self.total.device)
-        return (self.total / self.count).float()
-
-
-class CLIPTextSimilarity(_MeanMetric):
+class CLIPTextSimilarity(RunningMean):
     """Mean CLIP cosine similarity of images to their prompts (one prompt per image).
 
     Args:
@@ -70,10 +51,10 @@ class CLIPTextSimilarity(_MeanMetric):
         unique = sorted(set(prompts))
         text = self.clip.encode_texts(unique)
         rows = torch.tensor([unique.index(p) for p in prompts], device=text.device)
-        self._add((self.clip.encode_images(images) * text[rows]).sum(dim=-1))
+        self.add((self.clip.encode_images(images) * text[rows]).sum(dim=-1))
 
 
-class CLIPZeroShotProbability(_MeanMetric):
+class CLIPZeroShotProbability(RunningMean):
     """Mean zero-shot probability of "a photo of a {class}" against "noise pattern".
 
     Args:
@@ -108,4 +89,4 @@ class CLIPZeroShotProbability(_MeanMetric):
         text = self._text_embeddings
         if text is None or text.device != self.clip.device:
             text = self._text_embeddings = self.clip.encode_texts(self.prompts)
-        self._add(antonym_probabilities(self.clip.encode_images(images), text)[:, 0])
+        self.add(antonym_probabilities(self.clip.encode_images(images), text)[:, 0])

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchmetrics import Metric
 
 from lightning_cat.metrics.clip_models import CLIPEncoder
+from lightning_cat.metrics.mean import RunningMean
 
 __all__ = ["CLIPIQA", "CLIPIQAC", "DEFAULT_IQA_PROMPTS", "antonym_probabilities"]
 
@@ -47,10 +47,8 @@ def antonym_probabilities(
     return pairs.softmax(dim=-1)[..., 0]
 
 
-class _AntonymPromptMetric(Metric):
-    is_differentiable = False
+class _AntonymPromptMetric(RunningMean):
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, clip: CLIPEncoder, prompts: Sequence[Sequence[str]], **kwargs) -> None:
         super().__init__(**kwargs)
@@ -63,8 +61,6 @@ class _AntonymPromptMetric(Metric):
         self.clip = clip
         self.prompts = tuple(pairs)
         self._text_embeddings: torch.Tensor | None = None
-        self.add_state("score_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def text_embeddings(self) -> torch.Tensor:
         """Embeddings of the prompts, ``[2P, D]`` (computed once per device)."""
@@ -83,14 +79,7 @@ class _AntonymPromptMetric(Metric):
 
     def update(self, images: torch.Tensor) -> None:
         """Add images (``[B, 3, H, W]`` in ``[-1, 1]``)."""
-        scores = self._scores(self.probabilities(images)).mean(dim=-1)  # mean over prompt pairs
-        self.score_sum += scores.double().sum().to(self.score_sum.device)
-        self.count += scores.shape[0]
-
-    def compute(self) -> torch.Tensor:
-        if self.count == 0:
-            return torch.tensor(float("nan"), device=self.score_sum.device)
-        return (self.score_sum / self.count).float()
+        self.add(self._scores(self.probabilities(images)).mean(dim=-1))  # mean over prompt pairs
 
 
 class CLIPIQA(_AntonymPromptMetric):

@@ -27,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLIP_BACKENDS", "CLIPEncoder", "build_tiny_clip", "load_clip", "load_shared_clip"]
+__all__ = ["CLIPBackend", "CLIP_BACKENDS", "CLIPEncoder", "build_tiny_clip", "load_clip", "load_shared_clip"]
+
+#: Where a CLIP comes from: an open_clip checkpoint, a transformers CLIP folder, or the offline tiny random CLIP.
+CLIPBackend = Literal["open_clip", "transformers", "tiny"]
 
 CLIP_BACKENDS = ("open_clip", "transformers", "tiny")
 # OpenAI CLIP's pixel statistics (used when a model states none).
@@ -138,7 +141,7 @@ def build_tiny_clip(embed_dim: int = 32, image_size: int = 32) -> CLIPEncoder:
 
 
 def load_clip(
-    backend: Literal["open_clip", "transformers", "tiny"] = "open_clip",
+    backend: CLIPBackend = "open_clip",
     model: str = "ViT-L-14",
     weights: str | os.PathLike | None = None,
 ) -> CLIPEncoder:
@@ -223,7 +226,7 @@ _SHARED: dict[tuple[str, str, str], CLIPEncoder] = {}
 
 
 def load_shared_clip(
-    backend: Literal["open_clip", "transformers", "tiny"] = "open_clip",
+    backend: CLIPBackend = "open_clip",
     model: str = "ViT-L-14",
     weights: str | os.PathLike | None = None,
 ) -> CLIPEncoder:

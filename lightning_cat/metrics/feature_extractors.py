@@ -18,11 +18,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lightning_cat.options import check_arguments
 from lightning_cat.pixels import to_uint8
 
-__all__ = ["InceptionFeatures", "RandomFeatureExtractor", "load_inception", "module_identity"]
+__all__ = ["InceptionFeatures", "InceptionLayer", "RandomFeatureExtractor", "load_inception", "module_identity"]
 
-INCEPTION_FEATURES = (64, 192, 768, 2048)
+#: The feature layers of the FID Inception-v3 (2048: the pool features every published FID uses).
+InceptionLayer = Literal[64, 192, 768, 2048]
 
 
 class InceptionFeatures(nn.Module):
@@ -42,9 +44,7 @@ class InceptionFeatures(nn.Module):
         return self.inception(to_uint8(images)).reshape(images.shape[0], -1)
 
 
-def load_inception(
-    weights: str | os.PathLike | None, num_features: Literal[64, 192, 768, 2048] = 2048
-) -> InceptionFeatures:
+def load_inception(weights: str | os.PathLike | None, num_features: InceptionLayer = 2048) -> InceptionFeatures:
     """FID Inception-v3 with weights from ``weights`` (torch-fidelity's file).
 
     Raises:
@@ -52,8 +52,7 @@ def load_inception(
         FileNotFoundError: if the file does not exist.
         ModuleNotFoundError: if torch-fidelity is not installed.
     """
-    if num_features not in INCEPTION_FEATURES:
-        raise ValueError(f"load_inception: num_features must be one of {list(INCEPTION_FEATURES)}, got {num_features}")
+    check_arguments("load_inception", load_inception, {"num_features": num_features})
     if weights is None:
         raise ValueError(
             "FID with Inception needs local weights: set fid_weights to torch-fidelity's "

@@ -18,9 +18,9 @@ import os
 from typing import Literal
 
 import torch
-from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from lightning_cat.metrics.mean import RunningMean
 from lightning_cat.perceptual import load_lpips
 
 __all__ = ["LPIPSDistance", "PSNR", "SSIM", "per_image_psnr"]
@@ -44,15 +44,7 @@ def per_image_psnr(image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
-class _PerImageMean(Metric):
-    is_differentiable = False
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-
+class _PerImageMean(RunningMean):
     def _per_image(self, image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -61,13 +53,7 @@ class _PerImageMean(Metric):
         _check_pair(type(self).__name__, image, clean)
         with torch.autocast(image.device.type, enabled=False):
             values = self._per_image(image.float(), clean.float().to(image.device))
-        self.total += values.double().sum().to(self.total.device)
-        self.count += values.numel()
-
-    def compute(self) -> torch.Tensor:
-        if self.count == 0:
-            return torch.tensor(float("nan"), device=self.total.device)
-        return (self.total / self.count).float()
+        self.add(values)
 
 
 class PSNR(_PerImageMean):
