@@ -1,75 +1,25 @@
-"""The ``lightning-cat`` command: LightningCLI over every module and datamodule of the library.
+"""The ``lightning-cat`` command: the single-stage subcommands of LightningCLI and ``experiment``.
 
-    lightning-cat fit --config configs/cat/both.tiny.yaml
-    python -m lightning_cat test --config configs/eval/metrics.tiny.yaml
-
-Modules, datamodules and callbacks are selectable by short class name in YAML or flags.
+lightning-cat fit --config configs/cat/both.tiny.yaml          # one stage (lightning_cat.lightning_cli)
+lightning-cat experiment --config configs/experiment/demo.yaml  # a whole grid (lightning_cat.experiment)
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-# Lightning's own CLI calls jsonargparse APIs that warn about their deprecation on every run.
-os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-__all__ = ["LightningCatCLI", "main"]
-
-_DESCRIPTION = (
-    "lightning-cat: protect, defend, customize, sample and evaluate with Lightning. Subcommands fit, "
-    "validate, test, predict run one stage from its config; `lightning-cat experiment --config <yaml>` "
-    "runs (or resumes) a whole grid of stages and writes the results table and report."
-)
+__all__ = ["main"]
 
 
-def _register_classes() -> None:
-    # Importing registers the subclasses, so jsonargparse resolves short class names.
-    import lightning_cat.callbacks  # noqa: F401
-    import lightning_cat.datamodules  # noqa: F401
-    import lightning_cat.modules  # noqa: F401
-    import lightning_cat.purification  # noqa: F401
-
-
-class LightningCatCLI(LightningCLI):
-    """LightningCLI that builds the datamodule before the model.
-
-    Datamodules validate their folders and images when constructed, so bad input fails with a
-    clear message before any (possibly multi-GB) weights are loaded.
-    """
-
-    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(self.trainer_class, "trainer")
-        trainer_defaults = {"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
-        parser.set_defaults(trainer_defaults)
-        # jsonargparse instantiates components in the order they were added: data first.
-        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
-        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
-
-    def instantiate_classes(self) -> None:
-        # jsonargparse wraps a constructor's exception in a generic "Does not validate against any
-        # of the Union subtypes" ValueError; surface the constructor's own message instead.
-        try:
-            super().instantiate_classes()
-        except ValueError as error:
-            cause = error
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            if cause is error:
-                raise
-            raise cause from None
-
-
-def main(args: Sequence[str] | None = None) -> LightningCatCLI | None:
+def main(args: Sequence[str] | None = None) -> Any:
     """Entry point of ``lightning-cat`` and ``python -m lightning_cat``.
 
-    With explicit ``args`` (in-process use, tests) it returns the CLI object. From the command line
-    (``args=None``, read from ``sys.argv``) it returns ``None``: the console script passes the
-    return value to ``sys.exit``, which would turn an object into exit status 1.
+    With explicit ``args`` (in-process use, tests) it returns the LightningCLI object of a stage
+    command. From the command line (``args=None``, read from ``sys.argv``) it returns ``None``:
+    the console script passes the return value to ``sys.exit``, which would turn an object into
+    exit status 1.
     """
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["experiment"]:
@@ -77,16 +27,7 @@ def main(args: Sequence[str] | None = None) -> LightningCatCLI | None:
 
         experiment_main(argv[1:])
         return None
-    _register_classes()
-    cli = LightningCatCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        # A re-run in the same folder (e.g. evaluating again) replaces the saved config.yaml instead of aborting.
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": _DESCRIPTION},
-        args=None if args is None else list(args),
-    )
+    from lightning_cat.lightning_cli import lightning_main
+
+    cli = lightning_main(None if args is None else argv)
     return None if args is None else cli

@@ -99,6 +99,15 @@ def _diffusers_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers({k: v.detach().to("cpu", torch.float32) for k, v in state.items()})
 
 
+def _adapter_metadata(model: torch.nn.Module) -> dict:
+    """The adapter's peft config as a dict; peft keeps ``target_modules`` as a set, whose order
+    changes from process to process, so it is sorted to make the saved file reproducible."""
+    config = model.peft_config["default"].to_dict()
+    if isinstance(config.get("target_modules"), set | list | tuple):
+        config["target_modules"] = sorted(config["target_modules"])
+    return config
+
+
 def save_lora_weights(
     directory: str | os.PathLike, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None
 ) -> None:
@@ -120,7 +129,7 @@ def save_lora_weights(
         save_directory=directory,
         unet_lora_layers=_diffusers_state_dict(unet),
         text_encoder_lora_layers=_diffusers_state_dict(text_encoder) if with_text else None,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict() if with_text else None,
+        unet_lora_adapter_metadata=_adapter_metadata(unet),
+        text_encoder_lora_adapter_metadata=_adapter_metadata(text_encoder) if with_text else None,
         safe_serialization=True,
     )

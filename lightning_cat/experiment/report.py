@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import io
+import json
 import math
 import os
 from collections import defaultdict
@@ -24,6 +25,7 @@ from lightning_cat.atomic import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "ID_COLUMNS",
+    "cell_grids",
     "image_grid",
     "metric_columns",
     "plot_metric",
@@ -163,6 +165,37 @@ def image_grid(
     canvas.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
+
+
+def cell_grids(cells: Sequence[Any], columns: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
+    """One grid per (subject, customization) of an experiment's cells, under ``out_dir/grids``: a row
+    per protection with a clean image, its protected version and one sample per defense (first prompt).
+
+    ``cells`` are :class:`~lightning_cat.experiment.plan.Cell` s; ``columns`` the defenses in order.
+    """
+    grids = []
+    groups = list(dict.fromkeys((c.subject, c.customization) for c in cells))
+    for subject, customization in groups:
+        rows = []
+        for protection in dict.fromkeys(c.protection for c in cells):
+            by_defense = {
+                c.defense: c
+                for c in cells
+                if (c.subject, c.protection, c.customization) == (subject, protection, customization)
+            }
+            first = next(iter(by_defense.values()))
+            clean = sorted(first.clean.outputs["images"].iterdir())[0]
+            protected = first.protected.outputs["images"] / f"{clean.stem}.png"
+            samples = []
+            for defense in columns:
+                folder = by_defense[defense].samples.outputs["samples"]
+                record = json.loads((folder / "samples.json").read_text())
+                samples.append(sorted((folder / record["prompts"][0]["folder"]).glob("*.png"))[0])
+            rows.append((protection, [clean, protected if protected.is_file() else clean, *samples]))
+        slug = "".join(ch if ch.isalnum() or ch in "-_.+" else "-" for ch in subject)
+        path = Path(out_dir) / "grids" / f"{slug}-{customization}.png"
+        grids.append(image_grid(rows, ["clean", "protected", *columns], path))
+    return grids
 
 
 def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

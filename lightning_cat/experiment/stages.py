@@ -3,7 +3,7 @@
 The experiment never restates an option: it loads the stage's own YAML, overrides only what
 ties stages together (input and output folders, the model, the seed, Trainer options shared by
 the run), saves the resolved config beside the stage's outputs and runs it through
-:func:`lightning_cat.cli.main`, in this process or, for multi-device Trainers whose launcher
+:func:`lightning_cat.lightning_cli.lightning_main`, in this process or, for multi-device Trainers whose launcher
 re-executes the command, in a subprocess.
 """
 
@@ -24,7 +24,16 @@ import yaml
 
 from lightning_cat.atomic import atomic_write_bytes
 
-__all__ = ["StageCommand", "callback_args", "data_args", "load_stage_config", "model_args", "set_path"]
+__all__ = [
+    "StageCommand",
+    "add_callback",
+    "callback_args",
+    "data_args",
+    "drop_callback",
+    "load_stage_config",
+    "model_args",
+    "resolve_class",
+]
 
 
 def load_stage_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -33,17 +42,6 @@ def load_stage_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"stage config '{path}' must be a mapping")
     return copy.deepcopy(config)
-
-
-def set_path(config: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``config["a"]["b"]...`` for ``dotted="a.b..."``, creating mappings on the way."""
-    keys = dotted.split(".")
-    node = config
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"cannot set '{dotted}': '{key}' is not a mapping")
-    node[keys[-1]] = value
 
 
 def model_args(config: dict[str, Any]) -> dict[str, Any]:
@@ -58,16 +56,66 @@ def data_args(config: dict[str, Any]) -> dict[str, Any]:
     return data.setdefault("init_args", {}) if "class_path" in data else data
 
 
-def callback_args(config: dict[str, Any], class_name: str) -> dict[str, Any]:
-    """``init_args`` of the Trainer callback whose class is ``class_name``.
+def resolve_class(class_path: str) -> type:
+    """The class a config's ``class_path`` names: a dotted import path, or a short name that the CLI
+    resolves among the library's callbacks, modules, datamodules and purifiers.
+
+    Raises:
+        ValueError: for a name that resolves to no class.
+    """
+    import importlib
+
+    module_name, _, name = str(class_path).rpartition(".")
+    modules = [module_name] if module_name else _SHORT_NAME_MODULES
+    for candidate in modules:
+        found = getattr(importlib.import_module(candidate), name, None)
+        if isinstance(found, type):
+            return found
+    raise ValueError(f"class_path {class_path!r} names no class (short names resolve in {_SHORT_NAME_MODULES})")
+
+
+_SHORT_NAME_MODULES = [
+    "lightning_cat.callbacks",
+    "lightning_cat.modules",
+    "lightning_cat.datamodules",
+    "lightning_cat.purification",
+    "lightning.pytorch.callbacks",
+]
+
+
+def _callbacks(config: dict[str, Any]) -> list[Any]:
+    return (config.get("trainer") or {}).get("callbacks") or []
+
+
+def _is_a(spec: Any, cls: type) -> bool:
+    return isinstance(spec, dict) and "class_path" in spec and issubclass(resolve_class(spec["class_path"]), cls)
+
+
+def callback_args(config: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``init_args`` of the Trainer callback that is a ``cls`` (or a subclass).
 
     Raises:
         ValueError: if the config has no such callback.
     """
-    for callback in (config.get("trainer") or {}).get("callbacks") or []:
-        if isinstance(callback, dict) and str(callback.get("class_path", "")).split(".")[-1] == class_name:
+    for callback in _callbacks(config):
+        if _is_a(callback, cls):
             return callback.setdefault("init_args", {})
-    raise ValueError(f"the stage config has no {class_name} callback under trainer.callbacks")
+    raise ValueError(f"the stage config has no {cls.__name__} callback under trainer.callbacks")
+
+
+def add_callback(config: dict[str, Any], cls: type, **init_args: Any) -> None:
+    """Append a ``cls`` callback with ``init_args`` to the config's Trainer callbacks."""
+    trainer = config.setdefault("trainer", {})
+    trainer["callbacks"] = [
+        *_callbacks(config),
+        {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init_args},
+    ]
+
+
+def drop_callback(config: dict[str, Any], cls: type) -> None:
+    """Remove every ``cls`` callback from the config's Trainer callbacks."""
+    trainer = config.setdefault("trainer", {})
+    trainer["callbacks"] = [c for c in _callbacks(config) if not _is_a(c, cls)]
 
 
 class StageCommand:
@@ -130,12 +178,12 @@ class StageCommand:
             else:
                 subprocess.run(command, check=True, stdout=stream, stderr=subprocess.STDOUT)
             return
-        from lightning_cat.cli import main
+        from lightning_cat.lightning_cli import lightning_main
 
         with warnings.catch_warnings():
             # The stage's arguments are given explicitly; sys.argv holds the experiment's own.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            main(self.argv())
+            lightning_main(self.argv())
 
 
 @contextlib.contextmanager
