@@ -5,9 +5,10 @@ As torchgeo's ``BaseTask``: a module declares its options once, as a flat, typed
 whose body is only ``super().__init__()``. The template then
 
 1. saves every argument as a hyperparameter (read back through ``self.hparams``);
-2. checks them against the signature (:func:`lightning_cat.options.check_arguments`) and runs
-   :meth:`LightningCatModule.check_options` (ranges, files, rules between options), so bad input
-   fails before anything is loaded;
+2. checks them against the signature (:func:`lightning_cat.options.check_arguments`) and the
+   rules of shared options (:data:`SHARED_OPTION_RULES`), then runs
+   :meth:`LightningCatModule.check_options` (the module's own ranges, files, rules between
+   options), so bad input fails before anything is loaded;
 3. calls :meth:`LightningCatModule.configure_models` to load or build what the module runs.
 
 Subclass a module and override one hook (``check_options``, ``configure_models``, a step) to
@@ -16,7 +17,7 @@ change it; the plain-torch algorithm stays in its package.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +26,18 @@ from lightning.pytorch import LightningModule
 from lightning_cat.diffusion import DiffusionComponents, check_model_name, load_components, weight_dtype
 from lightning_cat.options import check_arguments
 
-__all__ = ["DiffusionModule", "LightningCatModule"]
+__all__ = ["SHARED_OPTION_RULES", "DiffusionModule", "LightningCatModule"]
+
+#: The rules of options several modules take: one name per concept across modules, so one rule.
+SHARED_OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lora_rank": (lambda v: v >= 1, ">= 1"),
+    "lora_dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "adam_beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "adam_epsilon": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+}
 
 
 class LightningCatModule(LightningModule):
@@ -39,6 +51,9 @@ class LightningCatModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=list(ignore))
         check_arguments(type(self).__name__, type(self).__init__, self.hparams)
+        for option, (holds, requirement) in SHARED_OPTION_RULES.items():
+            if option in self.hparams and not holds(self.hparams[option]):
+                self.fail(option, requirement)
         self.check_options()
         self.configure_models()
 

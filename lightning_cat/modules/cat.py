@@ -109,15 +109,6 @@ class CATAdapterModule(DiffusionModule):
     def check_options(self) -> None:
         super().check_options()
         h = self.hparams
-        if h.lora_rank < 1:
-            self.fail("lora_rank", ">= 1")
-        if not 0.0 <= h.lora_dropout < 1.0:
-            self.fail("lora_dropout", "in [0, 1)")
-        if h.learning_rate <= 0:
-            self.fail("learning_rate", "> 0")
-        for option in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= h[option] < 1.0:
-                self.fail(option, "in [0, 1)")
         if h.loss != "mse" and h.lpips_backbone_weights is None and not h.lpips_random_backbone:
             raise ValueError(
                 f"{type(self).__name__}: loss={h.loss!r} needs lpips_backbone_weights (a local torchvision "

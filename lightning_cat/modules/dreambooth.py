@@ -142,21 +142,11 @@ class DreamBoothModule(DiffusionModule):
     def check_options(self) -> None:
         super().check_options()
         h = self.hparams
-        if h.lora_rank < 1:
-            self.fail("lora_rank", ">= 1")
-        if not 0.0 <= h.lora_dropout < 1.0:
-            self.fail("lora_dropout", "in [0, 1)")
-        for option in ("learning_rate", "adam_epsilon"):
-            if not h[option] > 0:
-                self.fail(option, "> 0")
         if h.text_encoder_learning_rate is not None and not h.text_encoder_learning_rate > 0:
             self.fail("text_encoder_learning_rate", "> 0 or None")
-        for option in ("weight_decay", "prior_loss_weight", "lr_warmup_steps"):
+        for option in ("prior_loss_weight", "lr_warmup_steps"):
             if h[option] < 0:
                 self.fail(option, ">= 0")
-        for option in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= h[option] < 1.0:
-                self.fail(option, "in [0, 1)")
         if h.snr_gamma is not None and not h.snr_gamma > 0:
             self.fail("snr_gamma", "> 0 or None")
         for option in ("class_generation_steps", "class_generation_batch_size"):
