@@ -44,6 +44,7 @@ FAST = {
         eot_transforms=["gaussian_blur", "hflip"],
     ),
     "caat": dict(alpha_255=3, steps=5, surrogate_lr=1e-4),
+    "glaze_style": dict(alpha_255=4, steps=4, style_steps=2, lpips_random_backbone=True),
 }
 
 
@@ -169,3 +170,26 @@ def test_caat_trains_only_cross_attention_key_value(tiny, clean):
 def test_bad_options_fail_before_any_model_is_needed(options, match):
     with pytest.raises(ValueError, match=match):
         protect(torch.zeros(1, 3, 32, 32), components=None, **options)
+
+
+def test_glaze_style_lpips_penalty_keeps_the_cloak_closer_to_the_image(tiny, clean):
+    from lightning_cat.perceptual import load_lpips
+
+    lpips = load_lpips("alex", random_backbone=True)
+    options = dict(alpha_255=4, steps=6, style_steps=2, lpips_random_backbone=True)
+    free = protect(clean, method="glaze_style", components=tiny, keys=KEYS, lpips_weight=0.0, **options)
+    held = protect(
+        clean, method="glaze_style", components=tiny, keys=KEYS, lpips_weight=1e3, lpips_budget=0.0, **options
+    )
+    with torch.no_grad():
+        distance_free, distance_held = lpips(free, clean).mean().item(), lpips(held, clean).mean().item()
+    print(f"glaze_style LPIPS to the image: no penalty {distance_free:.4f}, penalty {distance_held:.4f}")
+    assert distance_held < distance_free
+
+
+def test_glaze_style_target_image_is_the_style_target(tiny, clean, photos_dir):
+    protection = build_protection(
+        "glaze_style", tiny, target_image=str(photos_dir / "rocket.png"), lpips_random_backbone=True, steps=1
+    )
+    targets = protection.style_targets(clean, image_generators(0, KEYS))
+    assert torch.equal(targets[0], targets[1]) and not torch.equal(targets[0], clean[0])

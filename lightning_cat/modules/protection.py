@@ -27,6 +27,7 @@ from jsonargparse.typing import register_type
 from lightning_cat.diffusion import weight_dtype
 from lightning_cat.images import list_images
 from lightning_cat.modules.base import DiffusionModule
+from lightning_cat.perceptual import LPIPSNet
 from lightning_cat.protections import (
     PROTECTIONS,
     Protection,
@@ -35,7 +36,7 @@ from lightning_cat.protections import (
     protection_class,
     protection_option_names,
 )
-from lightning_cat.protections.options import EOTTransform
+from lightning_cat.protections.options import EOTTransform, SurrogateDtype
 from lightning_cat.protections.pgd import Norm, StepSchedule
 
 __all__ = ["ProtectionModule"]
@@ -67,6 +68,9 @@ class ProtectionModule(DiffusionModule):
         class_root: class-prior images for surrogate prior preservation (FSMG, ASPL, MetaCloak,
             CAAT); ``None``: no prior preservation.
         num_class_images: use at most this many class images (``None``: all).
+        surrogate_clean_root: a separate set of clean images of the same subject that the surrogate
+            methods fine-tune on (Anti-DreamBooth's set_A; the datamodule's images are set_B, the
+            ones protected). ``None``: the surrogate fine-tunes on the images it protects (warned).
         eps_255: L_inf (or L2) budget in /255 pixel units, in (0, 255].
         alpha_255: PGD step size in /255 pixel units.
         steps: PGD steps (ASPL: per iteration; MetaCloak: per cycle).
@@ -80,6 +84,11 @@ class ProtectionModule(DiffusionModule):
         target_image: target image (PhotoGuard, Mist, SDST).
         semantic_weight: Mist's weight of the semantic (``L_DM``) term.
         sds_weight: SDST's weight of the SDS term.
+        style_prompt, style_strength, style_steps, style_guidance: Glaze-style's img2img style target
+            (used when ``target_image`` is not set).
+        lpips_budget, lpips_weight: Glaze-style's LPIPS penalty ``lpips_weight * max(LPIPS - lpips_budget, 0)``.
+        lpips_net, lpips_backbone_weights, lpips_random_backbone: the LPIPS network of that penalty
+            (weights from a local file; the random backbone is for tests).
         class_prompt: prompt of the class images.
         surrogate_lr: surrogate learning rate (AdamW).
         surrogate_batch_size: instance images per surrogate step.
@@ -88,6 +97,8 @@ class ProtectionModule(DiffusionModule):
         prior_loss_weight: weight of the prior-preservation loss.
         max_grad_norm: gradient clipping of surrogate steps.
         train_text_encoder: surrogates train the text encoder too.
+        surrogate_dtype: ``float32`` surrogate weights (default: the intended algorithm) or ``bfloat16``
+            (the reference scripts: the published numbers).
         iterations: ASPL's outer iterations.
         rounds, pool_size, pool_interval, cycles_per_snapshot: MetaCloak's schedule.
         eot_samples, eot_transforms, crop_scale, blur_kernel_size: MetaCloak's transformations.
@@ -108,6 +119,7 @@ class ProtectionModule(DiffusionModule):
         seed: int = 0,
         class_root: str | None = None,
         num_class_images: int | None = None,
+        surrogate_clean_root: str | None = None,
         eps_255: float | None = None,
         alpha_255: float | None = None,
         steps: int | None = None,
@@ -121,6 +133,15 @@ class ProtectionModule(DiffusionModule):
         target_image: str | None = None,
         semantic_weight: float | None = None,
         sds_weight: float | None = None,
+        style_prompt: str | None = None,
+        style_strength: float | None = None,
+        style_steps: int | None = None,
+        style_guidance: float | None = None,
+        lpips_budget: float | None = None,
+        lpips_weight: float | None = None,
+        lpips_net: LPIPSNet | None = None,
+        lpips_backbone_weights: str | None = None,
+        lpips_random_backbone: bool | None = None,
         class_prompt: str | None = None,
         surrogate_lr: float | None = None,
         surrogate_batch_size: int | None = None,
@@ -129,6 +150,7 @@ class ProtectionModule(DiffusionModule):
         prior_loss_weight: float | None = None,
         max_grad_norm: float | None = None,
         train_text_encoder: bool | None = None,
+        surrogate_dtype: SurrogateDtype | None = None,
         iterations: int | None = None,
         rounds: int | None = None,
         pool_size: int | None = None,
@@ -161,6 +183,12 @@ class ProtectionModule(DiffusionModule):
             list_images(h.class_root, what="class image folder")  # exists and holds images
         if h.num_class_images is not None and (h.class_root is None or h.num_class_images < 1):
             self.fail("num_class_images", ">= 1 and needs class_root")
+        if h.surrogate_clean_root is not None:
+            if not self.method_class.coupled:
+                raise ValueError(
+                    f"{name}: surrogate_clean_root is used only by the surrogate methods, not {h.method!r}"
+                )
+            list_images(h.surrogate_clean_root, what="surrogate clean image folder")
 
     def configure_models(self) -> None:
         # The models load at setup, once the Trainer's device and precision are known.
@@ -204,6 +232,8 @@ class ProtectionModule(DiffusionModule):
         if self.method_class.coupled:
             params["class_root"] = None if h.class_root is None else str(Path(h.class_root).resolve())
             params["num_class_images"] = h.num_class_images
+            root = h.surrogate_clean_root
+            params["surrogate_clean_root"] = None if root is None else str(Path(root).resolve())
         return params
 
     def manifest_identity(self, datamodule: Any) -> dict[str, Any]:
@@ -273,15 +303,15 @@ class ProtectionModule(DiffusionModule):
         if self.logger is not None and self.trainer.is_global_zero:
             self.logger.log_metrics({"protect/loss": loss}, step=self._pgd_steps_done)
 
-    def _class_images(self, datamodule: Any) -> torch.Tensor | None:
-        h = self.hparams
-        if h.class_root is None:
+    @staticmethod
+    def _load_folder(
+        root: str | None, datamodule: Any, what: str, max_images: int | None = None
+    ) -> torch.Tensor | None:
+        if root is None:
             return None
         from lightning_cat.datamodules import ImageFolderDataset
 
-        dataset = ImageFolderDataset(
-            h.class_root, datamodule.transform, what="class image folder", max_images=h.num_class_images
-        )
+        dataset = ImageFolderDataset(root, datamodule.transform, what=what, max_images=max_images)
         return torch.stack([dataset.load(i) for i in range(len(dataset))])
 
     def on_train_start(self) -> None:
@@ -293,13 +323,19 @@ class ProtectionModule(DiffusionModule):
         if not self.method_class.coupled:
             return
         # A surrogate couples the images: protect the whole set (every rank, identically) once.
+        h = self.hparams
         datamodule = self.trainer.datamodule
         dataset = datamodule.dataset if datamodule is not None else self.trainer.train_dataloader.dataset
         items = [dataset[i] for i in range(len(dataset))]
         images = torch.stack([item["image"] for item in items]).to(self.device)
         keys = [Path(item["path"]).stem for item in items]
         protected = self.protection.protect(
-            images, keys, seed=self.seed, class_images=self._class_images(datamodule), callback=self._log_step
+            images,
+            keys,
+            seed=self.seed,
+            class_images=self._load_folder(h.class_root, datamodule, "class image folder", h.num_class_images),
+            surrogate_images=self._load_folder(h.surrogate_clean_root, datamodule, "surrogate clean image folder"),
+            callback=self._log_step,
         )
         self._group = {key: image for key, image in zip(keys, protected, strict=True)}
 

@@ -42,13 +42,13 @@ class FSMG(SurrogateProtection):
         "surrogate_pretrain_steps": 1000,
     }
 
-    def _protect(self, clean, keys, seed, class_images, progress) -> torch.Tensor:
+    def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
         theta = self.make_surrogate(seed, "fsmg", copy=not self.in_place)
         self.surrogate = theta
         try:
-            class_set = theta.encode(class_images)
+            class_set = theta.encode(data.class_images)
             theta.train(
-                theta.encode(clean),
+                theta.encode(self.surrogate_training_set(clean, data)),
                 class_set,
                 self.options["surrogate_pretrain_steps"],
                 on_step=self.surrogate_callback(progress),
@@ -80,15 +80,15 @@ class ASPL(SurrogateProtection):
     def total_pgd_steps(cls, options: dict[str, Any]) -> int:
         return int(options["steps"]) * int(options["iterations"])
 
-    def _protect(self, clean, keys, seed, class_images, progress) -> torch.Tensor:
+    def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
         options = self.options
         theta = self.make_surrogate(seed, "aspl-theta", copy=not self.in_place)
         try:
             # theta' is allocated here, once; every round refreshes it in place.
             theta_prime = theta.clone(generator=torch.Generator().manual_seed(theta.generator.initial_seed() ^ 1))
             self.surrogate = theta_prime
-            clean_set = theta.encode(clean)
-            class_set = theta.encode(class_images)
+            clean_set = theta.encode(self.surrogate_training_set(clean, data))
+            class_set = theta.encode(data.class_images)
             generators = image_generators(seed, keys)
             train_callback = self.surrogate_callback(progress)
             adv = self.pgd.start(clean, generators)

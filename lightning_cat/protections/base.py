@@ -31,6 +31,7 @@ __all__ = [
     "ObjectiveProtection",
     "Protection",
     "StepCallback",
+    "SurrogateData",
 ]
 
 #: Called after every step with ``(kind, loss)``; ``kind`` is ``"pgd"`` or ``"surrogate"``.
@@ -185,6 +186,24 @@ class DiffusionObjective(Objective):
 # ------------------------------------------------------------------------------ methods
 
 
+@dataclass
+class SurrogateData:
+    """The image sets a surrogate-training method uses beside the images it protects.
+
+    Attributes:
+        class_images: class-prior images for prior preservation (``None``: no prior preservation).
+        clean_images: a separate clean set of the subject the surrogate trains on (Anti-DreamBooth's
+            set_A; ``None``: the surrogate trains on the images being protected).
+    """
+
+    class_images: torch.Tensor | None = None
+    clean_images: torch.Tensor | None = None
+
+
+def _on(images: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if images is None else images.detach().to(device, torch.float32)
+
+
 class _Progress:
     """A tqdm bar over PGD steps plus an optional per-step callback."""
 
@@ -285,14 +304,17 @@ class Protection:
         *,
         seed: int = 0,
         class_images: torch.Tensor | None = None,
+        surrogate_images: torch.Tensor | None = None,
         callback: StepCallback | None = None,
     ) -> torch.Tensor:
         """Protect ``images`` ``[B, 3, H, W]`` in ``[-1, 1]`` whose names (file stems) are ``keys``.
 
         Returns images on the 8-bit grid, within budget of the 8-bit-rounded inputs, on the
         images' device. Per-image methods draw each image's randomness from ``(seed, key)``;
-        coupled methods treat the images as one set (in key order) and use ``class_images``
-        (class-prior images) for prior preservation when given.
+        coupled methods treat the images as one set (in key order), use ``class_images``
+        (class-prior images) for prior preservation when given, and train their surrogate on
+        ``surrogate_images`` (a separate clean set of the same subject, Anti-DreamBooth's set_A)
+        when given, else on the images they protect.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: images must be [B, 3, H, W], got {tuple(images.shape)}")
@@ -301,15 +323,15 @@ class Protection:
             raise ValueError(f"{self.name}: {images.shape[0]} images but {len(keys)} keys")
         if len(set(keys)) != len(keys):
             raise ValueError(f"{self.name}: keys must be unique, got {keys}")
-        if class_images is not None and not self.coupled:
-            raise ValueError(f"{self.name}: class_images are used only by methods that train a surrogate")
+        if (class_images is not None or surrogate_images is not None) and not self.coupled:
+            raise ValueError(f"{self.name}: class_images and surrogate_images are for methods that train a surrogate")
         clean = images.detach().to(self.device, torch.float32)
         progress = _Progress(self.pgd.steps, self.name, self.show_progress, callback)
         try:
             if self.coupled:
                 order = sorted(range(len(keys)), key=keys.__getitem__)
                 inverse = sorted(range(len(keys)), key=order.__getitem__)
-                extra = None if class_images is None else class_images.detach().to(self.device, torch.float32)
+                extra = SurrogateData(_on(class_images, self.device), _on(surrogate_images, self.device))
                 result = self._protect(clean[order], [keys[i] for i in order], seed, extra, progress)[inverse]
             else:
                 result = self._protect(clean, keys, seed, None, progress)
@@ -322,9 +344,10 @@ class Protection:
         clean: torch.Tensor,
         keys: list[str],
         seed: int,
-        class_images: torch.Tensor | None,
+        data: SurrogateData | None,
         progress: Callable[[str, Any], None],
     ) -> torch.Tensor:
+        """Protect ``clean`` (coupled methods: sorted by key, with ``data``; others: ``data`` is None)."""
         raise NotImplementedError
 
 
@@ -356,6 +379,6 @@ class ObjectiveProtection(Protection):
             "num_draws": self.options["num_noise_draws"],
         }
 
-    def _protect(self, clean, keys, seed, class_images, progress) -> torch.Tensor:
+    def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
         generators = image_generators(seed, keys)
         return self.pgd.run(clean, self.objective, generators, on_step=lambda loss: progress("pgd", loss))

@@ -43,13 +43,13 @@ class CAAT(SurrogateProtection):
         "max_grad_norm": SURROGATE_DEFAULTS["max_grad_norm"],
     }
 
-    def _protect(self, clean, keys, seed, class_images, progress) -> torch.Tensor:
+    def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
         o = self.options
         theta = self.make_surrogate(seed, "caat", copy=not self.in_place, trainable="cross_attention_kv")
         self.surrogate = theta
         vae, scheduler = self.components.vae, self.components.noise_scheduler
         try:
-            class_set = theta.encode(class_images)
+            class_set = theta.encode(data.class_images)
             optimizer = theta.optimizer()  # one optimizer over the whole run, as in the reference
             generators = image_generators(seed, keys)
             adv = self.pgd.start(clean, generators)

@@ -100,14 +100,14 @@ class MetaCloak(SurrogateProtection):
             blur_kernel_size=o["blur_kernel_size"],
         )
 
-    def _protect(self, clean, keys, seed, class_images, progress) -> torch.Tensor:
+    def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
         o = self.options
         theta = self.make_surrogate(seed, "metacloak", copy=not self.in_place)
         self.surrogate = theta
         train_callback = self.surrogate_callback(progress)
         try:
-            clean_set = theta.encode(clean)
-            class_set = theta.encode(class_images)
+            clean_set = theta.encode(self.surrogate_training_set(clean, data))
+            class_set = theta.encode(data.class_images)
             pool = [theta.snapshot()]
 
             def keep(step: int, loss: float) -> None:

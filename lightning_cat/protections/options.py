@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_cat.options import choices
+from lightning_cat.perceptual import LPIPS_NETS
 from lightning_cat.protections.pgd import NORMS, STEP_SCHEDULES, check_budget
 
-__all__ = ["EOT_TRANSFORMS", "OPTION_RULES", "EOTTransform", "resolve_options"]
+__all__ = ["EOT_TRANSFORMS", "OPTION_RULES", "EOTTransform", "SurrogateDtype", "resolve_options"]
 
 #: Transformations MetaCloak takes its expectation over.
 EOTTransform = Literal["resize_crop", "gaussian_blur", "hflip"]
 EOT_TRANSFORMS = choices(EOTTransform)
+#: Weights of a trained surrogate: ``float32`` (the intended algorithm) or ``bfloat16`` (what the
+#: reference ASPL / MetaCloak scripts do: at lr 5e-7 most bf16 weights never change).
+SurrogateDtype = Literal["float32", "bfloat16"]
 
 
 def _number(minimum: float | None = None, maximum: float | None = None, *, strict_min: bool = False):
@@ -111,6 +115,16 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "target_image": _optional_file,
     "semantic_weight": _number(0),
     "sds_weight": _number(0),
+    # Glaze-style cloaking
+    "style_prompt": _text,
+    "style_strength": _number(0, 1, strict_min=True),
+    "style_steps": _integer(1),
+    "style_guidance": _number(0),
+    "lpips_budget": _number(0),
+    "lpips_weight": _number(0),
+    "lpips_net": _choice(LPIPS_NETS),
+    "lpips_backbone_weights": _optional_file,
+    "lpips_random_backbone": _boolean,
     # surrogates
     "class_prompt": _text,
     "surrogate_lr": _number(0, strict_min=True),
@@ -120,6 +134,7 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "prior_loss_weight": _number(0),
     "max_grad_norm": _optional_positive,
     "train_text_encoder": _boolean,
+    "surrogate_dtype": _choice(choices(SurrogateDtype)),
     "iterations": _integer(1),
     # MetaCloak
     "rounds": _integer(1),

@@ -11,6 +11,7 @@ from lightning_cat.protections.advdm import AdvDMMinus, AdvDMPlus
 from lightning_cat.protections.anti_dreambooth import ASPL, FSMG
 from lightning_cat.protections.base import Protection, StepCallback
 from lightning_cat.protections.caat import CAAT
+from lightning_cat.protections.glaze import GlazeStyle
 from lightning_cat.protections.metacloak import MetaCloak
 from lightning_cat.protections.mist import Mist
 from lightning_cat.protections.photoguard import PhotoGuard
@@ -37,6 +38,7 @@ PROTECTIONS: dict[str, type[Protection]] = {
         SDSPlus,
         SDSMinus,
         SDST,
+        GlazeStyle,
         FSMG,
         ASPL,
         MetaCloak,
@@ -95,6 +97,7 @@ def protect(
     keys: Sequence[str] | None = None,
     seed: int = 0,
     class_images: torch.Tensor | None = None,
+    surrogate_images: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     show_progress: bool = True,
     in_place: bool = False,
@@ -104,4 +107,6 @@ def protect(
     protection = build_protection(method, components, in_place=in_place, show_progress=show_progress, **options)
     if keys is None:
         keys = [f"{index:06d}" for index in range(images.shape[0])]
-    return protection.protect(images, keys, seed=seed, class_images=class_images, callback=callback)
+    return protection.protect(
+        images, keys, seed=seed, class_images=class_images, surrogate_images=surrogate_images, callback=callback
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy as copy_module
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
@@ -23,7 +24,7 @@ import torch
 from lightning_cat.customization import dreambooth_loss
 from lightning_cat.diffusion import LatentDistribution, latent_distribution, scale_latents, tokenize_prompts
 from lightning_cat.optimization import apply_gradients
-from lightning_cat.protections.base import DiffusionObjective, Objective, Protection
+from lightning_cat.protections.base import DiffusionObjective, Objective, Protection, SurrogateData
 from lightning_cat.seeding import image_seed
 
 __all__ = ["SURROGATE_DEFAULTS", "Surrogate", "SurrogateProtection", "cross_attention_kv_parameters"]
@@ -37,6 +38,7 @@ SURROGATE_DEFAULTS: dict[str, Any] = {
     "prior_loss_weight": 1.0,
     "max_grad_norm": 1.0,
     "train_text_encoder": True,
+    "surrogate_dtype": "float32",
 }
 
 
@@ -64,6 +66,8 @@ class Surrogate:
         lr: AdamW learning rate. batch_size: instance images per step (as many prior rows).
         prior_loss_weight, max_grad_norm: DreamBooth step options.
         generator: CPU generator for posterior samples, noise and timesteps.
+        dtype: dtype of the trained modules' weights (``bfloat16`` reproduces the reference scripts,
+            whose AdamW steps at lr 5e-7 leave most bf16 weights unchanged).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Surrogate:
         prior_loss_weight: float = 1.0,
         max_grad_norm: float | None = 1.0,
         generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.vae = components.vae
         self.noise_scheduler = components.noise_scheduler
@@ -103,6 +108,11 @@ class Surrogate:
         if trainable not in ("all", "cross_attention_kv"):
             raise ValueError(f"trainable must be 'all' or 'cross_attention_kv', got {trainable!r}")
         self.trainable = trainable
+        self.dtype = dtype
+        if dtype != torch.float32:
+            self.unet.to(dtype)
+            if trains_text:
+                self.text_encoder.to(dtype)
         self._previous_flags = {id(p): p.requires_grad for p in self._all_parameters()}
         for parameter in self._all_parameters():
             parameter.requires_grad_(False)
@@ -271,6 +281,19 @@ class SurrogateProtection(Protection):
         self.objective: DiffusionObjective | None = None
         self.surrogate: Surrogate | None = None
 
+    def surrogate_training_set(self, protected: torch.Tensor, data: SurrogateData) -> torch.Tensor:
+        """The clean images the surrogate fine-tunes on: ``data.clean_images`` (a separate set of the
+        subject, as Anti-DreamBooth's set_A) or, when none is given, the images being protected
+        (with a warning: the reference methods do not see the images they protect while training)."""
+        if data.clean_images is not None:
+            return data.clean_images
+        warnings.warn(
+            f"{self.name}: the surrogate fine-tunes on the images it protects; the reference trains it on a "
+            "separate clean set of the same subject (surrogate_images / ProtectionModule.surrogate_clean_root)",
+            stacklevel=3,
+        )
+        return protected
+
     def make_surrogate(
         self, seed: int, purpose: str, *, copy: bool, trainable: Literal["all", "cross_attention_kv"] = "all"
     ) -> Surrogate:
@@ -288,6 +311,7 @@ class SurrogateProtection(Protection):
             prior_loss_weight=options["prior_loss_weight"],
             max_grad_norm=options["max_grad_norm"],
             generator=torch.Generator().manual_seed(image_seed(seed, purpose, purpose="surrogate")),
+            dtype=getattr(torch, options.get("surrogate_dtype", "float32")),
         )
 
     def make_objective(self, surrogate: Surrogate) -> DiffusionObjective:
