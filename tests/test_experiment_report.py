@@ -10,6 +10,7 @@ from PIL import Image
 
 from lightning_cat.experiment.report import (
     ID_COLUMNS,
+    budget_curves,
     image_grid,
     metric_columns,
     summarize,
@@ -21,6 +22,7 @@ ROWS = [
     {
         "subject": "s",
         "protection": p,
+        "method": p,
         "defense": d,
         "customization": "lora",
         "prompt": "a photo of sks person",
@@ -40,7 +42,7 @@ def test_results_files_round_trip(tmp_path):
     csv_path, json_path = write_results(ROWS, tmp_path)
     with open(csv_path) as handle:
         table = list(csv.DictReader(handle))
-    assert len(table) == 3 and list(table[0])[:5] == list(ID_COLUMNS)
+    assert len(table) == 3 and list(table[0])[: len(ID_COLUMNS)] == list(ID_COLUMNS)
     assert float(table[1]["fid"]) == 30.0
     assert json.loads(json_path.read_text()) == ROWS
     assert metric_columns(ROWS) == ["linf_255", "fid", "clip_iqa"]
@@ -86,3 +88,24 @@ def test_summary_averages_each_cell_over_its_prompts():
     assert "prompt" not in summary[0]
     assert summary[1]["fid"] == pytest.approx(31.0) and summary[0]["clip_iqa"] == pytest.approx(0.7)
     assert summary[2]["linf_255"] == 8
+
+
+def test_a_budget_sweep_gets_metric_against_budget_curves(tmp_path):
+    rows = [
+        {"subject": "s", "protection": "clean", "method": "clean", "defense": d, "customization": "lora",
+         "prompt": "p", "eps_255": 0.0, "fid": 10.0}
+        for d in ("none", "cdl")
+    ]  # fmt: skip
+    rows += [
+        {"subject": "s", "protection": f"advdm_plus@eps_255={e}", "method": "advdm_plus", "defense": d,
+         "customization": "lora", "prompt": "p", "eps_255": float(e), "fid": 10.0 + e * (2 if d == "none" else 1)}
+        for e in (4, 8, 16)
+        for d in ("none", "cdl")
+    ]  # fmt: skip
+    curves = budget_curves(rows)
+    assert sorted(curves) == [("advdm_plus", "cdl"), ("advdm_plus", "none")]
+    assert list(curves[("advdm_plus", "none")]) == [0.0, 4.0, 8.0, 16.0]  # the clean cells start each curve
+    _, html = write_report(rows, tmp_path)
+    assert (tmp_path / "plots" / "fid-vs-budget.png").is_file()
+    assert "Metrics against the budget" in html.read_text()
+    assert budget_curves(ROWS) == {}  # one budget per method: no curves

@@ -68,3 +68,30 @@ def test_bf16_surrogate_weights_barely_move_at_the_reference_learning_rate(tiny,
     print(f"{dtype}: {moved / total:.2%} of UNet weights changed in 3 steps at lr 5e-7")
     assert {p.dtype for p in surrogate.unet.parameters()} == {dtype}
     assert changed[0] <= moved / total <= changed[1]
+
+
+METACLOAK = dict(
+    alpha_255=3, steps=1, rounds=1, pool_size=1, pool_interval=1, cycles_per_snapshot=1, surrogate_steps=1,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("input_range", "low", "high"), [("unit", -1.0, 1.0), ("0-255", 0.0, 255.0)])
+def test_metacloak_trains_on_the_protected_set_in_the_chosen_range(
+    tiny, photos_dir, monkeypatch, input_range, low, high
+):
+    # The reference MetaCloak trains its surrogate on the set it protects (no warning) and feeds the
+    # instance images unnormalised (0-255); "unit" keeps them in [-1, 1].
+    images = _images(photos_dir, ["astronaut", "chelsea"])
+    seen = []
+    original = Surrogate.encode
+    monkeypatch.setattr(Surrogate, "encode", lambda self, x, **kw: seen.append(x) or original(self, x))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fine-tunes on the images it protects" warning
+        protect(
+            images, method="metacloak", components=tiny, keys=["a", "b"], surrogate_input_range=input_range, **METACLOAK
+        )
+    instance = [x for x in seen if x is not None]
+    assert instance and all(low <= x.min() and x.max() <= high for x in instance)
+    assert max(x.max().item() for x in instance) > (100 if input_range == "0-255" else 0.5)

@@ -18,8 +18,11 @@ take (so no option has a second copy)::
       sample: ../dreambooth/sample.tiny.yaml
       evaluate: ../eval/metrics.tiny.yaml
     trainer: {accelerator: cpu}      # Trainer options applied to every stage
+    sweep: {eps_255: [4, 8, 16]}     # optional: every protection at every combination of these options
 
-``clean`` (or ``none``) as a protection trains on the clean images. Defense grammar: ``none``, or
+``clean`` (or ``none``) as a protection trains on the clean images (a sweep does not apply to it).
+A sweep multiplies the protection cells: ``advdm_plus`` becomes ``advdm_plus@eps_255=4`` and so on,
+each a protect stage with those options set, and the report plots every metric against the budget. Defense grammar: ``none``, or
 components joined by ``+`` among ``cdl``, ``cat:<variant>`` and ``purify:<name>`` (at most one
 of each), e.g. ``cat:both+cdl``, ``purify:jpeg+cdl``, ``purify:jpeg+cat:both`` (CAT is then
 trained on the purified images). Everything is checked before any stage runs.
@@ -37,6 +40,7 @@ import yaml
 __all__ = [
     "CLEAN_PROTECTIONS",
     "Defense",
+    "ProtectionCell",
     "ExperimentConfig",
     "ExperimentConfigError",
     "load_experiment_config",
@@ -91,6 +95,25 @@ def parse_defense(name: str, cat_variants: list[str], purifiers: list[str]) -> D
     return Defense(name=text, cat=cat, purify=purify, cdl=cdl)
 
 
+@dataclass(frozen=True)
+class ProtectionCell:
+    """One protection of the grid: a method (or ``clean``) and the options a sweep sets for it."""
+
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``method``, or ``method@opt=value,...`` for a sweep point (the label in results and folders)."""
+        if not self.options:
+            return self.method
+        return self.method + "@" + ",".join(f"{key}={value:g}" for key, value in self.options)
+
+    @property
+    def is_clean(self) -> bool:
+        return self.method in CLEAN_PROTECTIONS
+
+
 @dataclass
 class ExperimentConfig:
     """A resolved, validated experiment (see the module docstring for the file format).
@@ -107,6 +130,7 @@ class ExperimentConfig:
         subject_size: shorter side, in pixels, of materialized ``skimage:`` subject images.
         seed: seed of every stage.
         source: the experiment file.
+        sweep: protection option -> the values every protection is run at (empty: no sweep).
     """
 
     run_dir: str
@@ -120,6 +144,19 @@ class ExperimentConfig:
     subject_size: int = 80
     seed: int = 0
     source: str | None = None
+    sweep: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def protection_cells(self) -> list[ProtectionCell]:
+        """The protections of the grid, each method at every point of the sweep."""
+        points = [()]
+        for key, values in self.sweep.items():
+            points = [point + ((key, value),) for point in points for value in values]
+        return [
+            ProtectionCell(name) if name in CLEAN_PROTECTIONS else ProtectionCell(name, point)
+            for name in self.protections
+            for point in (points if name not in CLEAN_PROTECTIONS else [()])
+        ]
 
     def stage_file(self, stage: str, name: str = "") -> str:
         return self.stage_files[stage][name]
@@ -136,6 +173,7 @@ _TOP_LEVEL = (
     "trainer",
     "subject_size",
     "seed",
+    "sweep",
 )
 
 
@@ -228,6 +266,7 @@ def load_experiment_config(path: str | os.PathLike, overrides: dict[str, Any] | 
                     f"protection {name!r}: its config '{files['protect'][name]}' sets method {method!r}"
                 )
 
+    sweep = _sweep(raw.get("sweep"), [p for p in protections if p not in CLEAN_PROTECTIONS])
     defenses = [parse_defense(d, list(CAT_VARIANTS), sorted(PURIFIERS)) for d in _names(raw, "defenses")]
     for defense in defenses:
         if defense.cat and defense.cat not in files["cat"]:
@@ -255,4 +294,35 @@ def load_experiment_config(path: str | os.PathLike, overrides: dict[str, Any] | 
         subject_size=int(raw.get("subject_size", 80)),
         seed=int(raw.get("seed", 0)),
         source=str(source.resolve()),
+        sweep=sweep,
     )
+
+
+def _sweep(raw: Any, methods: list[str]) -> dict[str, list[float]]:
+    """The sweep mapping, checked: protection options with non-empty lists of numbers that every
+    swept method takes and accepts (so a bad budget fails here, before any stage runs)."""
+    from lightning_cat.protections import protection_option_names, resolve_protection_options
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ExperimentConfigError("sweep must map protection options to lists of values, e.g. {eps_255: [4, 8, 16]}")
+    known = sorted(protection_option_names())
+    sweep = {}
+    for key, values in raw.items():
+        if key not in known:
+            raise ExperimentConfigError(f"sweep: {key!r} is not a protection option; options: {known}")
+        values = values if isinstance(values, list) else [values]
+        if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ExperimentConfigError(f"sweep.{key} must be a non-empty list of numbers, got {values!r}")
+        if len(set(values)) != len(values):
+            raise ExperimentConfigError(f"sweep.{key} lists a value twice: {values}")
+        sweep[str(key)] = list(values)
+    for method in methods:
+        for key, values in sweep.items():
+            for value in values:
+                try:
+                    resolve_protection_options(method, **{key: value})
+                except ValueError as error:
+                    raise ExperimentConfigError(f"sweep.{key}={value!r} for {method!r}: {error}") from None
+    return sweep

@@ -37,7 +37,7 @@ from lightning_cat.callbacks import (
     PurifiedSetWriter,
     SampleWriter,
 )
-from lightning_cat.experiment.config import CLEAN_PROTECTIONS, Defense, ExperimentConfig
+from lightning_cat.experiment.config import Defense, ExperimentConfig, ProtectionCell
 from lightning_cat.experiment.stages import (
     add_callback,
     callback_args,
@@ -79,6 +79,7 @@ class Cell:
 
     subject: str
     protection: str
+    method: str
     defense: str
     customization: str
     clean: Stage
@@ -117,7 +118,7 @@ class ExperimentPlan:
         self.stages: dict[tuple[str, ...], Stage] = {}
         self.cells: list[Cell] = []
         for subject in config.subjects:
-            for protection in config.protections:
+            for protection in config.protection_cells:
                 for defense in config.defenses:
                     for customization in config.customizations:
                         self._evaluate(subject, protection, defense, customization)
@@ -175,22 +176,25 @@ class ExperimentPlan:
             images="images",
         )
 
-    def _protect(self, subject: str, protection: str) -> Stage:
+    def _protect(self, subject: str, protection: ProtectionCell) -> Stage:
         source = self._subject(subject)
-        if protection in CLEAN_PROTECTIONS:
+        if protection.is_clean:
             return source
 
         def work(folder: Path) -> None:
-            config = self._stage_config("protect", protection, folder)
+            config = self._stage_config("protect", protection.method, folder)
+            model_args(config).update(dict(protection.options))  # the sweep point, if any
             model_args(config)["output_dir"] = str(folder / "images")
             data_args(config)["root"] = str(source.outputs["images"])
             self.run_stage("fit", config, folder)
 
-        what = {**self._common("protect", protection), "input": source.fingerprint}
-        key = ("protect", subject, protection)
-        return self._add(key, what, work, f"protect {subject}/{protection}", images="images")
+        what = {**self._common("protect", protection.method), "input": source.fingerprint}
+        if protection.options:
+            what["options"] = dict(protection.options)
+        key = ("protect", subject, _slug(protection.name))
+        return self._add(key, what, work, f"protect {subject}/{protection.name}", images="images")
 
-    def _purify(self, subject: str, protection: str, purifier: str) -> Stage:
+    def _purify(self, subject: str, protection: ProtectionCell, purifier: str) -> Stage:
         source = self._protect(subject, protection)
 
         def work(folder: Path) -> None:
@@ -205,15 +209,15 @@ class ExperimentPlan:
             self.run_stage("predict", config, folder)
 
         what = {**self._common("purify", purifier), "input": source.fingerprint}
-        key = ("purify", subject, protection, purifier)
-        return self._add(key, what, work, f"purify {subject}/{protection}/{purifier}", images="images")
+        key = ("purify", subject, _slug(protection.name), purifier)
+        return self._add(key, what, work, f"purify {subject}/{protection.name}/{purifier}", images="images")
 
-    def _training_images(self, subject: str, protection: str, defense: Defense) -> Stage:
+    def _training_images(self, subject: str, protection: ProtectionCell, defense: Defense) -> Stage:
         if defense.purify:
             return self._purify(subject, protection, defense.purify)
         return self._protect(subject, protection)
 
-    def _cat(self, subject: str, protection: str, defense: Defense) -> Stage:
+    def _cat(self, subject: str, protection: ProtectionCell, defense: Defense) -> Stage:
         source = self._training_images(subject, protection, defense)
         variant = defense.cat
 
@@ -223,7 +227,7 @@ class ExperimentPlan:
             data_args(config)["root"] = str(source.outputs["images"])
             self.run_stage("fit", config, folder)
 
-        tag = protection + (f".purify-{defense.purify}" if defense.purify else "")
+        tag = _slug(protection.name) + (f".purify-{defense.purify}" if defense.purify else "")
         what = {**self._common("cat", variant), "input": source.fingerprint}
         return self._add(
             ("cat", subject, tag, variant), what, work, f"CAT {subject}/{tag}/{variant}", adapter="adapter"
@@ -259,7 +263,7 @@ class ExperimentPlan:
         key = ("class_images", customization)
         return self._add(key, what, work, f"class images {customization}", images="images")
 
-    def _customize(self, subject: str, protection: str, defense: Defense, customization: str) -> Stage:
+    def _customize(self, subject: str, protection: ProtectionCell, defense: Defense, customization: str) -> Stage:
         images = self._training_images(subject, protection, defense)
         cat = self._cat(subject, protection, defense) if defense.cat else None
         prior = self._class_images(customization)
@@ -283,10 +287,10 @@ class ExperimentPlan:
             "class_images": prior.fingerprint if prior else None,
             "cdl": defense.cdl,
         }
-        key = ("customize", subject, protection, _slug(defense.name), customization)
+        key = ("customize", subject, _slug(protection.name), _slug(defense.name), customization)
         return self._add(key, what, work, f"customize {'/'.join(key[1:])}", model="model")
 
-    def _sample(self, subject: str, protection: str, defense: Defense, customization: str) -> Stage:
+    def _sample(self, subject: str, protection: ProtectionCell, defense: Defense, customization: str) -> Stage:
         model = self._customize(subject, protection, defense, customization)
 
         def work(folder: Path) -> None:
@@ -297,14 +301,14 @@ class ExperimentPlan:
             self.run_stage("predict", config, folder)
 
         what = {**self._common("sample"), "model": model.fingerprint}
-        key = ("sample", subject, protection, _slug(defense.name), customization)
+        key = ("sample", subject, _slug(protection.name), _slug(defense.name), customization)
         return self._add(key, what, work, f"sample {'/'.join(key[1:])}", samples="samples")
 
-    def _evaluate(self, subject: str, protection: str, defense: Defense, customization: str) -> Stage:
+    def _evaluate(self, subject: str, protection: ProtectionCell, defense: Defense, customization: str) -> Stage:
         clean = self._subject(subject)
         images = self._training_images(subject, protection, defense)
         samples = self._sample(subject, protection, defense, customization)
-        protected = None if protection in CLEAN_PROTECTIONS and not defense.purify else images
+        protected = None if protection.is_clean and not defense.purify else images
         cat = self._cat(subject, protection, defense) if defense.cat else None
 
         def work(folder: Path) -> dict[str, Any]:
@@ -339,12 +343,13 @@ class ExperimentPlan:
             "cat": cat.fingerprint if cat else None,
             "latent_distortion": LATENT_DISTORTION_KEYS,
         }
-        key = ("evaluate", subject, protection, _slug(defense.name), customization)
+        key = ("evaluate", subject, _slug(protection.name), _slug(defense.name), customization)
         stage = self._add(key, what, work, f"evaluate {'/'.join(key[1:])}", metrics="metrics.json")
         self.cells.append(
             Cell(
                 subject=subject,
-                protection=protection,
+                protection=protection.name,
+                method=protection.method,
                 defense=defense.name,
                 customization=customization,
                 clean=clean,

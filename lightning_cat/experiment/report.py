@@ -25,9 +25,11 @@ from lightning_cat.atomic import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "ID_COLUMNS",
+    "budget_curves",
     "cell_grids",
     "image_grid",
     "metric_columns",
+    "plot_budget_curves",
     "plot_metric",
     "summarize",
     "write_report",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 #: Columns that identify a row of the results table.
-ID_COLUMNS = ("subject", "protection", "defense", "customization", "prompt")
+ID_COLUMNS = ("subject", "protection", "method", "defense", "customization", "prompt")
 
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -140,6 +142,58 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: str | os.Path
     return Path(path)
 
 
+def budget_curves(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[float, list[dict[str, Any]]]]:
+    """The rows of every (method, defense) by budget ``eps_255``, for methods run at two budgets or
+    more (a sweep); clean rows join each method's curve at budget 0."""
+    by_method: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    clean: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row.get("eps_255") in (None, 0, 0.0):
+            clean[row["defense"]].append(row)
+        else:
+            by_method[(row["method"], row["defense"])][float(row["eps_255"])].append(row)
+    curves = {}
+    for (method, defense), points in by_method.items():
+        if len(points) >= 2:
+            if clean.get(defense):
+                points[0.0] = clean[defense]
+            curves[(method, defense)] = dict(sorted(points.items()))
+    return curves
+
+
+def plot_budget_curves(rows: Sequence[dict[str, Any]], metric: str, path: str | os.PathLike) -> Path | None:
+    """Line plot of ``metric`` against ``eps_255``: one line per (method, defense), each point the mean
+    over subjects, prompts and customizations (finite values only). ``None`` when there is no sweep."""
+    curves = budget_curves(rows)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.4), dpi=110)
+    for (method, defense), points in curves.items():
+        xs, ys = [], []
+        for eps, members in points.items():
+            values = [float(r[metric]) for r in members if _is_finite_number(r.get(metric))]
+            if values:
+                xs.append(eps)
+                ys.append(sum(values) / len(values))
+        if xs:
+            axis.plot(xs, ys, marker="o", label=f"{method} / {defense}")
+    axis.set_xlabel("eps_255 (budget, /255)")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} against the budget")
+    axis.legend(fontsize="x-small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
 def image_grid(
     rows: Sequence[tuple[str, Sequence[str | os.PathLike | None]]],
     columns: Sequence[str],
@@ -233,6 +287,10 @@ def write_report(
     summary_columns = [c for c in columns if c != "prompt"]
     metrics = metric_columns(rows)
     plots = [plot_metric(rows, metric, out / "plots" / f"{_slug(metric)}.png") for metric in metrics]
+    curves = [
+        plot_budget_curves(rows, m, out / "plots" / f"{_slug(m)}-vs-budget.png") for m in metrics if m != "eps_255"
+    ]
+    curves = [path for path in curves if path is not None]
 
     markdown = [f"# {title}", ""]
     markdown += [f"- {note}" for note in notes] + ([""] if notes else [])
@@ -241,6 +299,9 @@ def write_report(
     if plots:
         markdown += ["## Metrics by protection and defense", ""]
         markdown += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    if curves:
+        markdown += ["## Metrics against the budget", ""]
+        markdown += [f"![{p.stem}](plots/{p.name})" for p in curves] + [""]
     if grids:
         markdown += ["## Images", ""]
         markdown += [f"![{g.stem}]({Path(os.path.relpath(g, out)).as_posix()})" for g in grids] + [""]
@@ -260,6 +321,9 @@ def write_report(
     if plots:
         parts.append("<h2>Metrics by protection and defense</h2>")
         parts += [f"<img alt='{html.escape(p.stem)}' src='{_data_uri(p)}'>" for p in plots]
+    if curves:
+        parts.append("<h2>Metrics against the budget</h2>")
+        parts += [f"<img alt='{html.escape(p.stem)}' src='{_data_uri(p)}'>" for p in curves]
     if grids:
         parts.append("<h2>Images</h2>")
         parts += [f"<img alt='{html.escape(g.stem)}' src='{_data_uri(g)}'>" for g in grids]

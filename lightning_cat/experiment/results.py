@@ -17,9 +17,9 @@ from lightning_cat.experiment.plan import Cell
 __all__ = ["budget_columns", "result_rows"]
 
 
-def budget_columns(protection: str, protected_images: Path) -> dict[str, float]:
+def budget_columns(method: str, protected_images: Path) -> dict[str, float]:
     """``eps_255`` (the protection's budget) and ``linf_255`` (the largest L_inf of its saved PNGs)."""
-    if protection in CLEAN_PROTECTIONS:
+    if method in CLEAN_PROTECTIONS:
         return {"eps_255": 0.0, "linf_255": 0.0}
     manifest = json.loads((protected_images / "manifest.json").read_text())
     measured = [entry["linf_255"] for entry in manifest["files"].values()]
@@ -30,10 +30,11 @@ def result_rows(cells: list[Cell]) -> list[dict[str, Any]]:
     """The rows of every cell, prompt by prompt: identifying columns, budget, then every metric."""
     rows = []
     for cell in cells:
-        budget = budget_columns(cell.protection, cell.protected.outputs["images"])
+        budget = budget_columns(cell.method, cell.protected.outputs["images"])
         ids = {
             "subject": cell.subject,
             "protection": cell.protection,
+            "method": cell.method,
             "defense": cell.defense,
             "customization": cell.customization,
         }

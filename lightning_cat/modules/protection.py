@@ -36,7 +36,7 @@ from lightning_cat.protections import (
     protection_class,
     protection_option_names,
 )
-from lightning_cat.protections.options import EOTTransform, SurrogateDtype
+from lightning_cat.protections.options import EOTTransform, SurrogateDtype, SurrogateInputRange
 from lightning_cat.protections.pgd import Norm, StepSchedule
 
 __all__ = ["ProtectionModule"]
@@ -99,6 +99,8 @@ class ProtectionModule(DiffusionModule):
         train_text_encoder: surrogates train the text encoder too.
         surrogate_dtype: ``float32`` surrogate weights (default: the intended algorithm) or ``bfloat16``
             (the reference scripts: the published numbers).
+        surrogate_input_range: MetaCloak's surrogate training sees instance images in ``unit`` range
+            ([-1, 1], default) or in ``0-255`` (the reference script: its published numbers).
         iterations: ASPL's outer iterations.
         rounds, pool_size, pool_interval, cycles_per_snapshot: MetaCloak's schedule.
         eot_samples, eot_transforms, crop_scale, blur_kernel_size: MetaCloak's transformations.
@@ -151,6 +153,7 @@ class ProtectionModule(DiffusionModule):
         max_grad_norm: float | None = None,
         train_text_encoder: bool | None = None,
         surrogate_dtype: SurrogateDtype | None = None,
+        surrogate_input_range: SurrogateInputRange | None = None,
         iterations: int | None = None,
         rounds: int | None = None,
         pool_size: int | None = None,

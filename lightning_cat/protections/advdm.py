@@ -28,10 +28,11 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {"prompt": "a photo", "timestep_range": Non
 
 
 class AdvDMPlus(ObjectiveProtection):
-    """AdvDM(+): ascend ``L_DM`` (the reference AdvDM)."""
+    """AdvDM(+): ascend ``L_DM`` (the reference AdvDM). The reference runs advertorch's
+    ``LinfPGDAttack``, whose random start is on by default, hence ``random_start`` here."""
 
     name: ClassVar[str] = "advdm_plus"
-    defaults: ClassVar[dict[str, Any]] = {**PGD_DEFAULTS, **DIFFUSION_DEFAULTS}
+    defaults: ClassVar[dict[str, Any]] = {**PGD_DEFAULTS, **DIFFUSION_DEFAULTS, "random_start": True}
     ascend: ClassVar[bool] = True
 
     def build_objective(self) -> DiffusionObjective:

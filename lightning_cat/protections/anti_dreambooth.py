@@ -34,12 +34,14 @@ class FSMG(SurrogateProtection):
     """FSMG: DreamBooth on the clean set (``surrogate_pretrain_steps``, lr 5e-7), then ``steps`` PGD steps."""
 
     name: ClassVar[str] = "fsmg"
+    trains_on_clean_set: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {
         **ANTI_DREAMBOOTH_PGD,
         **DIFFUSION_DEFAULTS,
         **SURROGATE_DEFAULTS,
         "steps": 100,
         "surrogate_pretrain_steps": 1000,
+        "surrogate_batch_size": 2,  # attack_with_fsmg.sh: --train_batch_size=2
     }
 
     def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
@@ -67,6 +69,7 @@ class ASPL(SurrogateProtection):
     """ASPL: ``iterations`` x (refresh theta', train theta' on clean, ``steps`` PGD, train theta on x')."""
 
     name: ClassVar[str] = "aspl"
+    trains_on_clean_set: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {
         **ANTI_DREAMBOOTH_PGD,
         **DIFFUSION_DEFAULTS,

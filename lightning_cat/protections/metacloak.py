@@ -75,9 +75,11 @@ class MetaCloak(SurrogateProtection):
         "cycles_per_snapshot": 100,
         "surrogate_steps": 2,
         "eot_samples": 1,
-        "eot_transforms": ["resize_crop", "gaussian_blur", "hflip"],
+        # The reference's Resize(512) + CenterCrop(512) is an identity on its 512 px inputs: blur and flip remain.
+        "eot_transforms": ["gaussian_blur", "hflip"],
         "crop_scale": 0.875,
         "blur_kernel_size": 7,
+        "surrogate_input_range": "unit",
     }
 
     @classmethod
@@ -100,13 +102,18 @@ class MetaCloak(SurrogateProtection):
             blur_kernel_size=o["blur_kernel_size"],
         )
 
+    def _surrogate_view(self, images: torch.Tensor) -> torch.Tensor:
+        """The instance images as the surrogate's training steps see them: in ``[-1, 1]`` (``unit``), or
+        in ``0..255`` as the reference feeds them (``0-255``; its class images stay in ``[-1, 1]``)."""
+        return images if self.options["surrogate_input_range"] == "unit" else (images + 1.0) * 127.5
+
     def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
         o = self.options
         theta = self.make_surrogate(seed, "metacloak", copy=not self.in_place)
         self.surrogate = theta
         train_callback = self.surrogate_callback(progress)
         try:
-            clean_set = theta.encode(self.surrogate_training_set(clean, data))
+            clean_set = theta.encode(self._surrogate_view(self.surrogate_training_set(clean, data)))
             class_set = theta.encode(data.class_images)
             pool = [theta.snapshot()]
 
@@ -126,7 +133,12 @@ class MetaCloak(SurrogateProtection):
                         objective = self._eot_objective(theta)
                         with theta.frozen():
                             adv, step = self._eot_steps(adv, clean, objective, generators, step, progress)
-                        theta.train(theta.encode(adv), class_set, o["surrogate_steps"], on_step=train_callback)
+                        theta.train(
+                            theta.encode(self._surrogate_view(adv)),
+                            class_set,
+                            o["surrogate_steps"],
+                            on_step=train_callback,
+                        )
             self.objective = self.make_objective(theta)
             return self.pgd.finalize(adv, clean)
         finally:

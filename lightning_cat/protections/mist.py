@@ -40,12 +40,15 @@ class MistObjective(DiffusionObjective):
 
 
 class Mist(ObjectiveProtection):
-    """Mist (fused mode). Defaults: 16/255, alpha 1/255, 100 steps, ``semantic_weight`` 1e4."""
+    """Mist (fused mode). Defaults: 16/255, alpha 1/255, 100 steps, ``semantic_weight`` 1e4, random
+    start (the reference's advertorch ``LinfPGDAttack`` default). The reference's target is its
+    ``MIST.png`` texture; without ``target_image`` a built-in texture stands in."""
 
     name: ClassVar[str] = "mist"
     defaults: ClassVar[dict[str, Any]] = {
         **PGD_DEFAULTS,
         **DIFFUSION_DEFAULTS,
+        "random_start": True,
         "target_image": None,
         "semantic_weight": 1e4,
     }

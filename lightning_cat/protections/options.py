@@ -14,7 +14,7 @@ from lightning_cat.options import choices
 from lightning_cat.perceptual import LPIPS_NETS
 from lightning_cat.protections.pgd import NORMS, STEP_SCHEDULES, check_budget
 
-__all__ = ["EOT_TRANSFORMS", "OPTION_RULES", "EOTTransform", "SurrogateDtype", "resolve_options"]
+__all__ = ["EOT_TRANSFORMS", "OPTION_RULES", "EOTTransform", "SurrogateDtype", "SurrogateInputRange", "resolve_options"]
 
 #: Transformations MetaCloak takes its expectation over.
 EOTTransform = Literal["resize_crop", "gaussian_blur", "hflip"]
@@ -22,6 +22,9 @@ EOT_TRANSFORMS = choices(EOTTransform)
 #: Weights of a trained surrogate: ``float32`` (the intended algorithm) or ``bfloat16`` (what the
 #: reference ASPL / MetaCloak scripts do: at lr 5e-7 most bf16 weights never change).
 SurrogateDtype = Literal["float32", "bfloat16"]
+#: How MetaCloak's surrogate training steps see the instance images: ``unit`` ([-1, 1], the intended
+#: algorithm) or ``0-255`` (what the reference feeds them, unnormalised).
+SurrogateInputRange = Literal["unit", "0-255"]
 
 
 def _number(minimum: float | None = None, maximum: float | None = None, *, strict_min: bool = False):
@@ -135,6 +138,7 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "max_grad_norm": _optional_positive,
     "train_text_encoder": _boolean,
     "surrogate_dtype": _choice(choices(SurrogateDtype)),
+    "surrogate_input_range": _choice(choices(SurrogateInputRange)),
     "iterations": _integer(1),
     # MetaCloak
     "rounds": _integer(1),

@@ -275,6 +275,9 @@ class SurrogateProtection(Protection):
 
     coupled: ClassVar[bool] = True
     trained_parts: ClassVar[tuple[str, ...]] = ("unet", "text_encoder")
+    #: True when the reference trains the surrogate on a separate clean set of the subject (Anti-DreamBooth's
+    #: set_A) rather than on the images it protects; running without one is then warned about.
+    trains_on_clean_set: ClassVar[bool] = False
 
     def __init__(self, components, **kwargs: Any) -> None:
         super().__init__(components, **kwargs)
@@ -287,6 +290,8 @@ class SurrogateProtection(Protection):
         (with a warning: the reference methods do not see the images they protect while training)."""
         if data.clean_images is not None:
             return data.clean_images
+        if not self.trains_on_clean_set:
+            return protected
         warnings.warn(
             f"{self.name}: the surrogate fine-tunes on the images it protects; the reference trains it on a "
             "separate clean set of the same subject (surrogate_images / ProtectionModule.surrogate_clean_root)",
