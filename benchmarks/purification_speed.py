@@ -6,7 +6,7 @@ the same number of raw model calls with no library code around them (for noisy u
 diffusers pipeline called directly), so the difference is the library's overhead.
 
     python benchmarks/purification_speed.py                      # all purifiers, 1 thread
-    python benchmarks/purification_speed.py --threads 2 --images 4 --only gridpure
+    python benchmarks/purification_speed.py --threads 2 --images 4 --only latent_gridpure
 
 Results: a table on stdout and benchmarks/results/purification_speed.json.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "purify"
-NAMES = ("jpeg", "blur", "resize", "tv", "noisy_upscale", "latent_diffpure", "gridpure", "impress")
+NAMES = ("jpeg", "blur", "resize", "tv", "noisy_upscale", "latent_diffpure", "latent_gridpure", "impress")
 
 
 def purifier_from_config(name: str):
@@ -81,11 +81,11 @@ def baseline(name: str, purifier, images) -> float | None:
                     generator=generator,
                     output_type="pt",
                 )
-        elif name in ("latent_diffpure", "gridpure"):
+        elif name in ("latent_diffpure", "latent_gridpure"):
             vae, unet = models["vae"], models["unet"]
             steps = len(sdedit_timesteps(purifier.timestep, purifier.num_inference_steps))
             rounds, chunks = 1, list(images.split(1))
-            if name == "gridpure":  # per image and round: 9 tiles of half the image + 1 corner mosaic
+            if name == "latent_gridpure":  # per image and round: 9 tiles of half the image + 1 corner mosaic
                 tile = images.shape[-1] // 2
                 rounds, chunks = purifier.iterations, [torch.zeros(10, 3, tile, tile)] * len(images)
             for chunk in chunks:

@@ -13,11 +13,33 @@ import torch
 
 from lightning_cat.options import choices
 
-__all__ = ["LR_SCHEDULES", "LRSchedule", "apply_gradients"]
+__all__ = ["LR_SCHEDULES", "LRSchedule", "Optimizer", "adamw", "apply_gradients"]
 
 #: Learning-rate schedules over a run's optimizer steps (diffusers' ``get_scheduler`` names).
 LRSchedule = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 LR_SCHEDULES = choices(LRSchedule)
+#: ``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes' 8-bit AdamW, as Liu et al.'s DreamBooth runs).
+Optimizer = Literal["adamw", "adamw_8bit"]
+
+
+def adamw(groups: list[dict], optimizer: Optimizer = "adamw", **options) -> torch.optim.Optimizer:
+    """AdamW over parameter ``groups``: torch's, or bitsandbytes' 8-bit one (``pip install bitsandbytes``).
+
+    Raises:
+        ModuleNotFoundError: for ``adamw_8bit`` without bitsandbytes, naming the package.
+        ValueError: for another optimizer name.
+    """
+    if optimizer == "adamw":
+        return torch.optim.AdamW(groups, **options)
+    if optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes
+        except ImportError as error:
+            raise ModuleNotFoundError(
+                "optimizer 'adamw_8bit' needs bitsandbytes: pip install bitsandbytes (or the project's adam8bit extra)"
+            ) from error
+        return bitsandbytes.optim.AdamW8bit(groups, **options)
+    raise ValueError(f"optimizer={optimizer!r} is not one of {list(choices(Optimizer))}")
 
 
 def apply_gradients(

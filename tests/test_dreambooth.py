@@ -315,3 +315,32 @@ def test_checkpointing_snr_and_warmup_schedule(photos_dir, tmp_path):
     assert all(torch.isfinite(loss) for loss in recorder.losses)
     text_b = [p for n, p in module.text_encoder.named_parameters() if ".lora_B." in n]
     assert text_b and all(p.abs().sum() > 0 for p in text_b)  # gradients flowed through checkpointed layers
+
+
+def test_8bit_adam_trains_the_full_unet(photos_dir, class_dir, tmp_path):
+    # Liu et al.'s DreamBooth: bitsandbytes' 8-bit AdamW (it runs on the CPU too).
+    bitsandbytes = pytest.importorskip("bitsandbytes")
+    dm = datamodule(photos_dir, class_dir)
+    module = DreamBoothModule(finetune="full", learning_rate=1e-3, optimizer="adamw_8bit")
+    batch = first_batch(dm)
+    before = fixed_batch_loss(module, batch)
+    trainer = fit(module, dm, 3, tmp_path)
+    assert isinstance(trainer.optimizers[0], bitsandbytes.optim.AdamW8bit)
+    assert fixed_batch_loss(module.eval(), batch) < before
+
+
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from lightning_cat.optimization import adamw
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(
+        builtins,
+        "__import__",
+        lambda name, *a, **k: (
+            (_ for _ in ()).throw(ImportError(name)) if name == "bitsandbytes" else real_import(name, *a, **k)
+        ),
+    )
+    with pytest.raises(ModuleNotFoundError, match="pip install bitsandbytes"):
+        adamw([{"params": [torch.nn.Parameter(torch.zeros(1))]}], "adamw_8bit")

@@ -208,7 +208,7 @@ def test_every_model_based_purifier_composes_with_cdl(experiment_file, tmp_path)
             if key in init:
                 init[key] = value
 
-    names = ["noisy_upscale", "latent_diffpure", "gridpure", "impress"]
+    names = ["noisy_upscale", "latent_diffpure", "latent_gridpure", "impress"]
     config = yaml.safe_load(experiment_file.read_text())
     config["stages"]["purify"] = {
         name: _derive(f"configs/purify/{name}.tiny.yaml", tmp_path / "stages" / f"{name}.yaml", few_steps)

@@ -24,7 +24,7 @@ CLASSICAL = ("blur", "jpeg", "resize", "tv")  # model-based ones: tests/test_pur
 
 
 def test_registry_holds_classical_and_model_based_purifiers():
-    assert set(PURIFIERS) == {*CLASSICAL, "noisy_upscale", "latent_diffpure", "gridpure", "impress"}
+    assert set(PURIFIERS) == {*CLASSICAL, "noisy_upscale", "latent_diffpure", "latent_gridpure", "impress"}
 
 
 @pytest.mark.parametrize("name", CLASSICAL)

@@ -15,13 +15,13 @@ from lightning_cat.purification import (
     IMPRESS,
     PURIFIERS,
     FaceRestorer,
-    GrIDPure,
     LatentDiffPure,
+    LatentGrIDPure,
     NoisyUpscale,
     StateDictFaceRestorer,
     build_purifier,
 )
-from lightning_cat.purification.gridpure import corner_mosaic, merge_tiles, tile_origins
+from lightning_cat.purification.latent_gridpure import corner_mosaic, merge_tiles, tile_origins
 from lightning_cat.purification.noisy_upscale import low_resolution_size
 from lightning_cat.purification.sdedit import sdedit_timesteps
 
@@ -29,7 +29,7 @@ from lightning_cat.purification.sdedit import sdedit_timesteps
 FAST = {
     "noisy_upscale": {"pretrained_model_name_or_path": "tiny-upscaler", "num_inference_steps": 3},
     "latent_diffpure": {"pretrained_model_name_or_path": "tiny", "timestep": 20, "num_inference_steps": 3},
-    "gridpure": {"pretrained_model_name_or_path": "tiny", "timestep": 2, "iterations": 1},
+    "latent_gridpure": {"pretrained_model_name_or_path": "tiny", "timestep": 2, "iterations": 1},
     "impress": {
         "pretrained_model_name_or_path": "tiny",
         "iterations": 3,
@@ -37,7 +37,7 @@ FAST = {
         "lpips_random_backbone": True,
     },
 }
-STOCHASTIC = ("noisy_upscale", "latent_diffpure", "gridpure")
+STOCHASTIC = ("noisy_upscale", "latent_diffpure", "latent_gridpure")
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +238,8 @@ def test_gridpure_gamma_blends_with_the_previous_image(batch):
     """One iteration: out = (1 - gamma) * merged + gamma * x, so outputs for two gammas are affine."""
     image = batch[:1]
     kwargs = {"timestep": 3, "iterations": 1}
-    merged = GrIDPure("tiny", gamma=0.0, **kwargs).purify(image, generator=seeded(0))
-    blended = GrIDPure("tiny", gamma=0.5, **kwargs).purify(image, generator=seeded(0))
+    merged = LatentGrIDPure("tiny", gamma=0.0, **kwargs).purify(image, generator=seeded(0))
+    blended = LatentGrIDPure("tiny", gamma=0.5, **kwargs).purify(image, generator=seeded(0))
     assert torch.allclose(blended, 0.5 * merged + 0.5 * image, atol=1e-5)
 
 
@@ -302,10 +302,10 @@ def test_works_as_a_datamodule_option(photos_dir):
         ("latent_diffpure", {"timestep": 10, "num_inference_steps": 11}, ValueError, "num_inference_steps"),
         ("latent_diffpure", {"pretrained_model_name_or_path": "./no/such/model"}, FileNotFoundError, "LatentDiffPure"),
         ("latent_diffpure", {"pretrained_model_name_or_path": " "}, ValueError, "empty"),
-        ("gridpure", {"gamma": 1.0}, ValueError, "gamma"),
-        ("gridpure", {"iterations": 0}, ValueError, "iterations"),
-        ("gridpure", {"tile_size": 31}, ValueError, "tile_size"),
-        ("gridpure", {"tile_size": 16, "tile_stride": 32}, ValueError, "tile_stride"),
+        ("latent_gridpure", {"gamma": 1.0}, ValueError, "gamma"),
+        ("latent_gridpure", {"iterations": 0}, ValueError, "iterations"),
+        ("latent_gridpure", {"tile_size": 31}, ValueError, "tile_size"),
+        ("latent_gridpure", {"tile_size": 16, "tile_stride": 32}, ValueError, "tile_stride"),
         ("impress", {"lpips_random_backbone": False}, ValueError, "lpips_backbone_weights"),
         ("impress", {"lpips_backbone_weights": "/no/vgg16.pth"}, FileNotFoundError, "lpips_backbone_weights"),
         ("impress", {"lpips_net": "resnet"}, ValueError, "lpips_net"),
@@ -321,4 +321,4 @@ def test_bad_options_rejected_before_loading(name, options, error, match):
 
 def test_gridpure_tile_larger_than_image_is_a_clear_error(batch):
     with pytest.raises(ValueError, match="exceeds"):
-        GrIDPure("tiny", tile_size=128, iterations=1, timestep=2)(batch[:1])
+        LatentGrIDPure("tiny", tile_size=128, iterations=1, timestep=2)(batch[:1])

@@ -45,7 +45,6 @@ from lightning_cat.experiment.stages import (
     drop_callback,
     load_stage_config,
     model_args,
-    resolve_class,
 )
 from lightning_cat.experiment.store import StageResult, StageStore, file_fingerprint, fingerprint
 from lightning_cat.experiment.subjects import materialize_subject, subject_fingerprint
@@ -201,7 +200,11 @@ class ExperimentPlan:
             config = self._stage_config("purify", purifier, folder)
             spec = model_args(config).get("purifier") or {}
             purifier_args = spec.get("init_args") or {}
-            if resolve_class(spec["class_path"]).follows_model and "pretrained_model_name_or_path" in purifier_args:
+            # A model-based purifier configured with a null model purifies with the customization model.
+            if (
+                "pretrained_model_name_or_path" in purifier_args
+                and purifier_args["pretrained_model_name_or_path"] is None
+            ):
                 purifier_args["pretrained_model_name_or_path"] = self.config.model
             callback_args(config, PurifiedSetWriter)["output_dir"] = str(folder / "images")
             data_args(config)["root"] = str(source.outputs["images"])

@@ -49,7 +49,7 @@ from lightning_cat.diffusion import (
     vae_scale_factor,
 )
 from lightning_cat.modules.base import DiffusionModule
-from lightning_cat.optimization import LRSchedule
+from lightning_cat.optimization import LRSchedule, Optimizer, adamw
 
 __all__ = ["DreamBoothModule"]
 
@@ -74,6 +74,7 @@ class DreamBoothModule(DiffusionModule):
         adam_beta1: AdamW beta1.
         adam_beta2: AdamW beta2.
         adam_epsilon: AdamW epsilon.
+        optimizer: ``adamw`` or ``adamw_8bit`` (bitsandbytes; Liu et al.'s DreamBooth).
         lr_scheduler: learning-rate schedule over the run's optimizer steps.
         lr_warmup_steps: warm-up steps of the schedule.
         prior_loss_weight: weight of the class-prior loss.
@@ -116,6 +117,7 @@ class DreamBoothModule(DiffusionModule):
         adam_beta1: float = 0.9,
         adam_beta2: float = 0.999,
         adam_epsilon: float = 1e-8,
+        optimizer: Optimizer = "adamw",
         lr_scheduler: LRSchedule = "constant",
         lr_warmup_steps: int = 0,
         prior_loss_weight: float = 1.0,
@@ -290,8 +292,8 @@ class DreamBoothModule(DiffusionModule):
         if h.train_text_encoder:
             text_lr = h.text_encoder_learning_rate or h.learning_rate
             groups.append({"params": self.trainable_parameters(self.text_encoder), "lr": text_lr})
-        optimizer = torch.optim.AdamW(
-            groups, betas=(h.adam_beta1, h.adam_beta2), eps=h.adam_epsilon, weight_decay=h.weight_decay
+        optimizer = adamw(
+            groups, h.optimizer, betas=(h.adam_beta1, h.adam_beta2), eps=h.adam_epsilon, weight_decay=h.weight_decay
         )
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         total = int(total) if math.isfinite(total) else max(h.lr_warmup_steps, 1)

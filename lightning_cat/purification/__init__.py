@@ -2,9 +2,9 @@
 
 from lightning_cat.purification.base import Purifier, purification_generator, purify_images
 from lightning_cat.purification.classical import GaussianBlur, JPEGCompression, ResizeDownUp, TVDenoise
-from lightning_cat.purification.gridpure import GrIDPure
 from lightning_cat.purification.impress import IMPRESS
 from lightning_cat.purification.latent_diffpure import LatentDiffPure, LatentDiffusionPurifier
+from lightning_cat.purification.latent_gridpure import LatentGrIDPure
 from lightning_cat.purification.noisy_upscale import NoisyUpscale
 from lightning_cat.purification.pretrained import PretrainedPurifier
 from lightning_cat.purification.restoration import FaceRestorer, StateDictFaceRestorer
@@ -19,7 +19,7 @@ PURIFIERS: dict[str, type[Purifier]] = {
         TVDenoise,
         NoisyUpscale,
         LatentDiffPure,
-        GrIDPure,
+        LatentGrIDPure,
         IMPRESS,
     )
 }
@@ -37,7 +37,7 @@ __all__ = [
     "PURIFIERS",
     "FaceRestorer",
     "GaussianBlur",
-    "GrIDPure",
+    "LatentGrIDPure",
     "JPEGCompression",
     "LatentDiffPure",
     "LatentDiffusionPurifier",

@@ -35,10 +35,6 @@ class Purifier:
 
     #: Short name used in configs and experiment defenses (``purify:<name>``).
     name: ClassVar[str] = ""
-    #: True when the purifier works with the customization model itself (its latent space, its
-    #: VAE): an experiment then gives it the run's model. False for weight-free purifiers and for
-    #: those with a model of their own (the x4 upscaler).
-    follows_model: ClassVar[bool] = False
 
     def purify(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -132,8 +132,6 @@ class IMPRESS(PretrainedPurifier):
             ``lpips_random_backbone`` is given.
         FileNotFoundError: if ``lpips_backbone_weights`` does not exist.
     """
-
-    follows_model: ClassVar[bool] = True
 
     name = "impress"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -28,8 +28,6 @@ class LatentDiffusionPurifier(PretrainedPurifier):
         guidance_scale: classifier-free guidance against the empty prompt (``<= 1``: off).
         revision, variant, dtype, progress_bar: see :class:`PretrainedPurifier`.
     """
-
-    follows_model: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -19,7 +19,9 @@ class PretrainedPurifier(Purifier):
     """A purifier that runs a pretrained model, named by ``pretrained_model_name_or_path``.
 
     Construction only checks the options (a missing local folder fails here, nothing is loaded),
-    so a purifier in a config is cheap. The model loads through :mod:`lightning_cat.diffusion`
+    so a purifier in a config is cheap. ``pretrained_model_name_or_path: null`` means "the
+    customization model": an experiment gives such a purifier the run's model (what IMPRESS and
+    latent DiffPure purify with in Liu et al.); used alone it must be set. The model loads through :mod:`lightning_cat.diffusion`
     on the first call and moves to the images' device; pickling (DataLoader workers, spawned DDP
     ranks) drops the loaded model, and each process loads its own.
 
@@ -28,7 +30,8 @@ class PretrainedPurifier(Purifier):
     the pipeline) and :meth:`purify`, which gets them from :meth:`models`.
 
     Args:
-        pretrained_model_name_or_path: a diffusers folder, a hub id or a tiny model name.
+        pretrained_model_name_or_path: a diffusers folder, a hub id or a tiny model name (``None``:
+            the customization model, set by the experiment).
         revision: hub revision.
         variant: weight variant (e.g. ``fp16``).
         dtype: dtype the model runs in (``float16``/``bfloat16`` on GPUs).
@@ -37,7 +40,7 @@ class PretrainedPurifier(Purifier):
 
     def __init__(
         self,
-        pretrained_model_name_or_path: str,
+        pretrained_model_name_or_path: str | None,
         revision: str | None = None,
         variant: str | None = None,
         dtype: Literal["float32", "float16", "bfloat16"] = "float32",
@@ -45,7 +48,8 @@ class PretrainedPurifier(Purifier):
     ) -> None:
         owner = type(self).__name__
         try:
-            check_model_name(pretrained_model_name_or_path)
+            if pretrained_model_name_or_path is not None:
+                check_model_name(pretrained_model_name_or_path)
         except (FileNotFoundError, ValueError) as error:
             raise type(error)(f"{owner}: {error}") from None
         if dtype not in DTYPES:
@@ -75,6 +79,11 @@ class PretrainedPurifier(Purifier):
     def models(self, device: torch.device | str) -> dict[str, Any]:
         """The loaded parts, frozen, in :attr:`torch_dtype`, on ``device`` (loaded on first use)."""
         device = torch.device(device)
+        if self._models is None and self.pretrained_model_name_or_path is None:
+            raise ValueError(
+                f"{type(self).__name__}: pretrained_model_name_or_path is null (the customization model); set it "
+                "to a model, or run the purifier in an experiment, which gives it the run's model"
+            )
         if self._models is None:
             # Outside inference mode (Lightning predicts in it): gradient-based purifiers need
             # parameters that autograd may save.

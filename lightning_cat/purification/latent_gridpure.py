@@ -1,4 +1,4 @@
-"""GrIDPure: iterated latent DiffPure on overlapping tiles, blended with the previous image.
+"""LatentGrIDPure: GrIDPure (iterated DiffPure on overlapping tiles) in a latent diffusion model.
 
 Zhao et al., "Can Protective Perturbation Safeguard Personal Data from Being Exploited by Stable
 Diffusion?" (CVPR 2024). Each iteration cuts the image into overlapping square tiles (256 px with
@@ -20,7 +20,7 @@ import torch
 from lightning_cat.diffusion.latents import vae_scale_factor
 from lightning_cat.purification.latent_diffpure import LatentDiffusionPurifier
 
-__all__ = ["GrIDPure", "corner_mosaic", "merge_tiles", "tile_origins"]
+__all__ = ["LatentGrIDPure", "corner_mosaic", "merge_tiles", "tile_origins"]
 
 
 def tile_origins(size: int, tile: int, stride: int) -> list[int]:
@@ -71,8 +71,8 @@ def merge_tiles(
     return total / count
 
 
-class GrIDPure(LatentDiffusionPurifier):
-    """Grid iterative DiffPure (GrIDPure) with the customization model's latent diffusion.
+class LatentGrIDPure(LatentDiffusionPurifier):
+    """GrIDPure (grid iterative DiffPure) run in a latent diffusion model, tile by tile in its latent space.
 
     Args:
         pretrained_model_name_or_path: the Stable Diffusion checkpoint (``tiny`` offline).
@@ -88,7 +88,7 @@ class GrIDPure(LatentDiffusionPurifier):
             :class:`LatentDiffusionPurifier`.
     """
 
-    name = "gridpure"
+    name = "latent_gridpure"
 
     def __init__(
         self,
@@ -159,7 +159,7 @@ class GrIDPure(LatentDiffusionPurifier):
             (top, left) for top in tile_origins(height, tile, stride) for left in tile_origins(width, tile, stride)
         ]
         current = images.float()
-        for _ in tqdm(range(self.iterations), desc="gridpure", leave=False, disable=not self.progress_bar):
+        for _ in tqdm(range(self.iterations), desc="latent_gridpure", leave=False, disable=not self.progress_bar):
             tiles = torch.stack([current[..., t : t + tile, left : left + tile] for t, left in boxes], dim=1)
             parts = [tiles.flatten(0, 1)]
             if self.corner_mosaic:
