@@ -231,3 +231,74 @@ def test_every_model_based_purifier_composes_with_cdl(experiment_file, tmp_path)
         assert (
             math.isfinite(row["fid"]) and math.isfinite(row["psnr"]) and math.isfinite(row["base/latent_mse_relative"])
         )
+
+
+def test_a_budget_sweep_multiplies_the_protection_cells(experiment_file, tmp_path, photos_dir):
+    """sweep: {eps_255: [2, 4]} runs each protection at both budgets (FSMG with the subject's separate
+    clean set as its surrogate's training set), and the report plots the metrics against the budget."""
+
+    def fsmg(c):
+        c["model"]["init_args"].update(steps=1, surrogate_pretrain_steps=1)
+
+    config = yaml.safe_load(experiment_file.read_text())
+    set_a = tmp_path / "set_a"
+    set_a.mkdir()
+    shutil.copyfile(photos_dir / "rocket.png", set_a / "rocket.png")
+    config["subjects"] = {"photos": {"images": config["subjects"]["photos"], "surrogate_clean": str(set_a)}}
+    config["protections"] = ["clean", "advdm_plus", "fsmg"]
+    config["stages"]["protect"]["fsmg"] = _derive(
+        "configs/protect/fsmg.tiny.yaml", tmp_path / "stages" / "fsmg.yaml", fsmg
+    )
+    config["defenses"] = ["none"]
+    config["sweep"] = {"eps_255": [2, 4]}
+    experiment_file.write_text(yaml.safe_dump(config))
+    runner = ExperimentRunner(load_experiment_config(experiment_file))
+    keys = ["/".join(stage.key) for stage in runner.plan()]
+    assert {k for k in keys if k.startswith("protect/")} == {
+        f"protect/photos/{method}-eps_255-{eps}" for method in ("advdm_plus", "fsmg") for eps in (2, 4)
+    }
+    runner.run()
+    rows = yaml.safe_load((tmp_path / "run" / "results.json").read_text())
+    cells = {(r["protection"], r["method"], r["eps_255"]) for r in rows}
+    assert cells == {("clean", "clean", 0.0)} | {
+        (f"{m}@eps_255={e}", m, float(e)) for m in ("advdm_plus", "fsmg") for e in (2, 4)
+    }
+    assert all(r["linf_255"] <= r["eps_255"] for r in rows)
+    assert (tmp_path / "run" / "plots" / "fid-vs-budget.png").is_file()
+    manifest = yaml.safe_load((tmp_path / "run/protect/photos/fsmg-eps_255-2/images/manifest.json").read_text())
+    assert manifest["params"]["surrogate_clean_root"].endswith("subjects/photos/surrogate_clean")
+    assert sorted(p.name for p in (tmp_path / "run/subjects/photos/surrogate_clean").iterdir()) == ["rocket.png"]
+
+
+def test_a_sweep_value_a_method_does_not_accept_is_rejected_before_any_stage(experiment_file, tmp_path):
+    config = yaml.safe_load(experiment_file.read_text())
+    config["sweep"] = {"eps_255": [8, 300]}
+    experiment_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(ExperimentConfigError, match=r"sweep.eps_255=300 for 'advdm_plus'.*eps_255 must be"):
+        load_experiment_config(experiment_file)
+    config["sweep"] = {"iterations": [1]}
+    experiment_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(ExperimentConfigError, match="does not take option"):
+        load_experiment_config(experiment_file)
+
+
+@pytest.mark.parametrize("name", ["liu_sd21", "cat_sd21"])
+def test_the_paper_grids_plan_without_their_data_or_a_model(name, capsys, monkeypatch):
+    from lightning_cat.cli import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("planning touched a model")
+
+    monkeypatch.setattr("lightning_cat.diffusion.loading.load_components", no_loading)
+    main(
+        [
+            "experiment",
+            "--config",
+            str(ROOT / "configs/experiment" / f"{name}.yaml"),
+            "--plan",
+            "--run_dir",
+            "/nonexistent/run",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "pending  evaluate/" in out and "subject folders still missing" in out

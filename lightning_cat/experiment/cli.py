@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["experiment_main"]
 
@@ -39,14 +40,22 @@ def experiment_main(args: Sequence[str]) -> None:
     from lightning_cat.experiment.config import load_experiment_config
     from lightning_cat.experiment.runner import ExperimentRunner
 
-    config = load_experiment_config(options.config, {"run_dir": options.run_dir})
+    # Planning reads config files only: a paper's grid can be listed before its subjects exist.
+    config = load_experiment_config(options.config, {"run_dir": options.run_dir}, require_subjects=not options.plan)
     runner = ExperimentRunner(
         config, overwrite=options.overwrite, stage_process=options.stage_process, verbose=options.verbose
     )
     if options.plan:
-        for stage in runner.plan():
+        stages = runner.plan()
+        for stage in stages:
             done = runner.store.is_complete(stage.key, stage.fingerprint) and not options.overwrite
             print(f"{'done   ' if done else 'pending'}  {'/'.join(stage.key)}")
+        cells = runner.experiment_plan.cells
+        print(f"{len(stages)} stages, {len(cells)} cells ({len(config.subjects)} subjects)")
+        missing = [s for sources in config.subjects.values() for s in sources if not s.startswith("skimage:")]
+        missing = [s for s in missing if not Path(s).is_dir()]
+        if missing:
+            print("subject folders still missing (needed to run): " + ", ".join(missing))
         return
     report = runner.run()
     print(f"report: {report}")

@@ -7,6 +7,7 @@ take (so no option has a second copy)::
     model: tiny                      # pretrained_model_name_or_path of every stage
     subjects:
       photos: [skimage:astronaut, skimage:coffee, skimage:chelsea]   # or a folder of images
+      # or {images: set_B/, surrogate_clean: set_A/}: FSMG/ASPL fine-tune their surrogate on set_A
     protections: [clean, advdm_plus, photoguard]
     defenses: [none, cat:both, cdl, purify:jpeg+cdl]
     customizations: [lora]
@@ -131,6 +132,8 @@ class ExperimentConfig:
         seed: seed of every stage.
         source: the experiment file.
         sweep: protection option -> the values every protection is run at (empty: no sweep).
+        surrogate_sets: subject -> a separate clean set of the subject that surrogate protections
+            fine-tune on (Anti-DreamBooth's set_A; the subject's images are the set protected).
     """
 
     run_dir: str
@@ -145,6 +148,7 @@ class ExperimentConfig:
     seed: int = 0
     source: str | None = None
     sweep: dict[str, list[float]] = field(default_factory=dict)
+    surrogate_sets: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def protection_cells(self) -> list[ProtectionCell]:
@@ -185,6 +189,23 @@ def _existing(path: str, base: Path, what: str) -> str:
     raise ExperimentConfigError(f"{what}: '{path}' does not exist (relative paths are read from '{base}')")
 
 
+def _sources(spec: Any, base: Path, subject: str, required: bool) -> list[str]:
+    items = [spec] if isinstance(spec, str) else list(spec or [])
+    if not items:
+        raise ExperimentConfigError(f"subject {subject!r} lists no images")
+    return [
+        str(item) if str(item).startswith(SKIMAGE_PREFIX) else _subject_source(str(item), base, subject, required)
+        for item in items
+    ]
+
+
+def _subject_source(path: str, base: Path, subject: str, required: bool) -> str:
+    if required:
+        return _existing(path, base, f"subject {subject!r}")
+    candidate = Path(path).expanduser()
+    return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+
+
 def _stage_file(spec: Any, name: str, base: Path, stage: str) -> str:
     if isinstance(spec, dict):
         if name not in spec:
@@ -205,12 +226,15 @@ def _names(raw: dict[str, Any], key: str) -> list[str]:
     return [str(n) for n in names]
 
 
-def load_experiment_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+def load_experiment_config(
+    path: str | os.PathLike, overrides: dict[str, Any] | None = None, *, require_subjects: bool = True
+) -> ExperimentConfig:
     """Read, resolve and validate an experiment YAML file (``overrides`` replace top-level entries).
 
     Relative paths resolve against the experiment file's folder. Protection, CAT-variant and
     purifier names are checked against the library's registries, and each named stage config
-    must exist (and, for protections, configure that method).
+    must exist (and, for protections, configure that method). With ``require_subjects=False``
+    subject folders may be missing (to plan a paper's grid before its data is in place).
 
     Raises:
         ExperimentConfigError: naming the first invalid entry and what is allowed.
@@ -240,14 +264,21 @@ def load_experiment_config(path: str | os.PathLike, overrides: dict[str, Any] | 
         raise ExperimentConfigError(f"stages: unknown entries {unknown}; allowed: {list(_GROUPS + _SINGLE)}")
 
     subjects: dict[str, list[str]] = {}
-    for name, sources in (raw.get("subjects") or {}).items():
-        items = [sources] if isinstance(sources, str) else list(sources or [])
-        if not items:
-            raise ExperimentConfigError(f"subject {name!r} lists no images")
-        subjects[str(name)] = [
-            str(item) if str(item).startswith(SKIMAGE_PREFIX) else _existing(str(item), base, f"subject {name!r}")
-            for item in items
-        ]
+    surrogate_sets: dict[str, list[str]] = {}
+    for name, spec in (raw.get("subjects") or {}).items():
+        name = str(name)
+        if isinstance(spec, dict):
+            unknown = sorted(set(spec) - {"images", "surrogate_clean"})
+            if unknown or "images" not in spec:
+                raise ExperimentConfigError(
+                    f"subject {name!r}: a mapping takes 'images' and optionally 'surrogate_clean', got {sorted(spec)}"
+                )
+            if spec.get("surrogate_clean"):
+                surrogate_sets[name] = _sources(
+                    spec["surrogate_clean"], base, f"{name}.surrogate_clean", require_subjects
+                )
+            spec = spec["images"]
+        subjects[name] = _sources(spec, base, name, require_subjects)
     if not subjects:
         raise ExperimentConfigError("'subjects' must name at least one subject")
 
@@ -285,6 +316,7 @@ def load_experiment_config(path: str | os.PathLike, overrides: dict[str, Any] | 
     return ExperimentConfig(
         run_dir=str(raw["run_dir"]),
         subjects=subjects,
+        surrogate_sets=surrogate_sets,
         protections=protections,
         defenses=defenses,
         customizations=customizations,

@@ -48,6 +48,7 @@ from lightning_cat.experiment.stages import (
 )
 from lightning_cat.experiment.store import StageResult, StageStore, file_fingerprint, fingerprint
 from lightning_cat.experiment.subjects import materialize_subject, subject_fingerprint
+from lightning_cat.protections import protection_class
 
 __all__ = ["LATENT_DISTORTION_KEYS", "Cell", "ExperimentPlan", "Stage", "StageRunner"]
 
@@ -165,15 +166,21 @@ class ExperimentPlan:
 
     def _subject(self, subject: str) -> Stage:
         sources = self.config.subjects[subject]
+        surrogate = self.config.surrogate_sets.get(subject)
         size = self.config.subject_size
         what = {"stage": "subject", "sources": subject_fingerprint(sources, size)}
-        return self._add(
-            ("subjects", subject),
-            what,
-            lambda folder: materialize_subject(sources, size, folder),
-            f"subject {subject}",
-            images="images",
-        )
+        outputs = {"images": "images"}
+        if surrogate:
+            what["surrogate_clean"] = subject_fingerprint(surrogate, size)
+            outputs["surrogate_clean"] = "surrogate_clean"
+
+        def work(folder: Path) -> dict[str, Any]:
+            info = materialize_subject(sources, size, folder)
+            if surrogate:
+                info["surrogate_clean"] = materialize_subject(surrogate, size, folder, "surrogate_clean")["images"]
+            return info
+
+        return self._add(("subjects", subject), what, work, f"subject {subject}", **outputs)
 
     def _protect(self, subject: str, protection: ProtectionCell) -> Stage:
         source = self._subject(subject)
@@ -183,6 +190,8 @@ class ExperimentPlan:
         def work(folder: Path) -> None:
             config = self._stage_config("protect", protection.method, folder)
             model_args(config).update(dict(protection.options))  # the sweep point, if any
+            if "surrogate_clean" in source.outputs and protection_class(protection.method).coupled:
+                model_args(config)["surrogate_clean_root"] = str(source.outputs["surrogate_clean"])
             model_args(config)["output_dir"] = str(folder / "images")
             data_args(config)["root"] = str(source.outputs["images"])
             self.run_stage("fit", config, folder)

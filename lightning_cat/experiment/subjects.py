@@ -13,11 +13,11 @@ from lightning_cat.images import list_images
 __all__ = ["materialize_subject", "subject_fingerprint"]
 
 
-def materialize_subject(sources: list[str], size: int, folder: Path) -> dict[str, Any]:
-    """Write the subject's images into ``folder/images`` (``skimage:<name>`` resized to ``size``)."""
+def materialize_subject(sources: list[str], size: int, folder: Path, name: str = "images") -> dict[str, Any]:
+    """Write the subject's images into ``folder/name`` (``skimage:<name>`` resized to ``size``)."""
     from PIL import Image
 
-    images = folder / "images"
+    images = folder / name
     images.mkdir()
     for source in sources:
         if source.startswith(SKIMAGE_PREFIX):
@@ -43,6 +43,8 @@ def subject_fingerprint(sources: list[str], size: int) -> str:
     for source in sources:
         if source.startswith(SKIMAGE_PREFIX):
             parts.append(source)
+        elif not Path(source).is_dir():
+            parts.append({"missing": source})  # only when planning without the data
         else:
             parts.append({p.name: file_fingerprint(p) for p in list_images(source, what="subject image folder")})
     return fingerprint({"sources": parts, "size": size})
