@@ -9,6 +9,7 @@ Usage (YAML, under ``trainer.callbacks``)::
         clip_weights: weights/open_clip_vit_l_14.pt
         class_name: person
         fdfr: true
+        face_backend: dlib                   # or mtcnn_facenet (default), insightface
 
 or in Python: ``Trainer(callbacks=[GeneratedImageEvaluator(fid_extractor="random", clip_backend="tiny")])``.
 The module's ``test_step`` / ``validation_step`` returns (or its batch holds) ``generated``: float
@@ -34,13 +35,13 @@ from lightning_cat.metrics import (
     FDFR,
     FID,
     ISM,
-    FacenetEmbedder,
-    MTCNNDetector,
     RandomFeatureExtractor,
     load_inception,
     load_shared_clip,
 )
 from lightning_cat.metrics.clip_models import CLIPBackend
+from lightning_cat.metrics.face import FaceChoice
+from lightning_cat.metrics.face_backends import FaceBackend, check_min_confidence, load_face_models
 from lightning_cat.metrics.feature_extractors import InceptionLayer
 from lightning_cat.options import check_arguments
 
@@ -69,10 +70,21 @@ class GeneratedImageEvaluator(MetricEvaluator):
         clip_backend: ``open_clip``, ``transformers`` or ``tiny``.
         clip_model: open_clip architecture name.
         clip_weights: local open_clip checkpoint file or transformers CLIP folder.
-        fdfr: compute the face detection failure rate (MTCNN).
-        ism: compute the identity score (MTCNN + facenet embedder from ``face_embedder_weights``).
-        face_min_confidence: detections below this confidence do not count as faces.
-        face_embedder_weights: local InceptionResnetV1 state dict for ISM.
+        clip_positional_embedding: ``False``: CLIP-IQA's original backbone (torchmetrics' ``clip_iqa``):
+            an open_clip ResNet CLIP (``clip_model: RN50`` with OpenAI's ``RN50.pt``) whose attention
+            pool skips its positional embedding, fed unresized images; used by CLIP-IQA and CLIP-IQAC.
+        fdfr: compute the face detection failure rate.
+        ism: compute the identity score matching.
+        face_backend: face detector and embedder of FDFR and ISM: ``mtcnn_facenet`` (MTCNN +
+            FaceNet from ``face_embedder_weights``), ``dlib`` (HOG detector + ResNet descriptor,
+            real weights from the ``faces`` extra) or ``insightface`` (RetinaFace/SCRFD + ArcFace
+            ONNX files in ``face_models_dir``); see :mod:`lightning_cat.metrics.face_backends`.
+        face_min_confidence: detections below this confidence do not count as faces. ``None``: the
+            backend's default (``mtcnn_facenet`` 0, ``dlib`` 0 (an SVM margin), ``insightface`` 0.5;
+            the papers' RetinaFace used 0.9).
+        face_embedder_weights: local InceptionResnetV1 state dict for ISM (``mtcnn_facenet``).
+        face_models_dir: local insightface model folder, e.g. ``buffalo_l`` (``insightface``).
+        ism_face: the face ISM embeds in each image: ``most_confident`` or ``largest`` (the papers').
         brisque: compute BRISQUE (model files of ``pip install --no-deps brisque==0.2.0``).
         metrics: extra metrics (name -> torchmetrics Metric with ``update(generated)``).
         batch_size: batch size for reference images.
@@ -96,10 +108,14 @@ class GeneratedImageEvaluator(MetricEvaluator):
         clip_backend: CLIPBackend = "open_clip",
         clip_model: str = "ViT-L-14",
         clip_weights: str | None = None,
+        clip_positional_embedding: bool = True,
         fdfr: bool = False,
         ism: bool = False,
-        face_min_confidence: float = 0.0,
+        face_backend: FaceBackend = "mtcnn_facenet",
+        face_min_confidence: float | None = None,
         face_embedder_weights: str | None = None,
+        face_models_dir: str | None = None,
+        ism_face: FaceChoice = "most_confident",
         brisque: bool = False,
         metrics: dict[str, Metric] | None = None,
         batch_size: int = 16,
@@ -108,10 +124,7 @@ class GeneratedImageEvaluator(MetricEvaluator):
         name = type(self).__name__
         check_arguments(name, type(self).__init__, locals())  # Literal choices, from the signature
         super().__init__(prefix)
-        if not 0.0 <= face_min_confidence <= 1.0:
-            raise ValueError(f"{name}: face_min_confidence must lie in [0, 1], got {face_min_confidence}")
-        if ism and face_embedder_weights is None:
-            raise ValueError(f"{name}: ism=True needs face_embedder_weights (a local InceptionResnetV1 state dict)")
+        self._check_face_options(fdfr, ism, face_backend, face_min_confidence, face_embedder_weights, face_models_dir)
         if batch_size < 1:
             raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
         self.reference_root = reference_root
@@ -128,20 +141,48 @@ class GeneratedImageEvaluator(MetricEvaluator):
                 extractor = RandomFeatureExtractor()
             self.metrics["fid"] = FID(extractor)
         if clip_iqa or clip_iqac:
-            clip = load_shared_clip(clip_backend, clip_model, clip_weights)
+            clip = load_shared_clip(clip_backend, clip_model, clip_weights, clip_positional_embedding)
             if clip_iqa:
                 self.metrics["clip_iqa"] = CLIPIQA(clip, clip_iqa_prompts or (("Good photo.", "Bad photo."),))
             if clip_iqac:
                 self.metrics["clip_iqac"] = CLIPIQAC(clip, class_name=class_name)
         if fdfr or ism:
-            detector = MTCNNDetector(min_confidence=face_min_confidence)
+            detector, embedder = load_face_models(
+                face_backend, ism, face_min_confidence, face_embedder_weights, face_models_dir
+            )
             if fdfr:
                 self.metrics["fdfr"] = FDFR(detector)
             if ism:
-                self.metrics["ism"] = ISM(detector, FacenetEmbedder(face_embedder_weights))
+                self.metrics["ism"] = ISM(detector, embedder, face=ism_face)
         if brisque:
             self.metrics["brisque"] = BRISQUE()
         self.add_metrics(metrics)
+
+    @staticmethod
+    def _check_face_options(
+        fdfr: bool,
+        ism: bool,
+        backend: FaceBackend,
+        min_confidence: float | None,
+        embedder_weights: str | None,
+        models_dir: str | None,
+    ) -> None:
+        """Fail before any model is loaded when the face options cannot work together."""
+        name = GeneratedImageEvaluator.__name__
+        try:
+            check_min_confidence(backend, min_confidence)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        if ism and backend == "mtcnn_facenet" and embedder_weights is None:
+            raise ValueError(
+                f"{name}: ism=True needs face_embedder_weights (a local InceptionResnetV1 state dict) with "
+                "face_backend='mtcnn_facenet'; face_backend='dlib' needs no weights file"
+            )
+        if (fdfr or ism) and backend == "insightface" and models_dir is None:
+            raise ValueError(
+                f"{name}: face_backend='insightface' needs face_models_dir (a local insightface model folder, "
+                "e.g. buffalo_l with det_10g.onnx and w600k_r50.onnx)"
+            )
 
     def _reference(self, trainer: Trainer) -> tuple[str, ImageTransform]:
         datamodule = getattr(trainer, "datamodule", None)

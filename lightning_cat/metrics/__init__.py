@@ -3,8 +3,18 @@
 from lightning_cat.metrics.brisque import BRISQUE, brisque_features, load_brisque_model
 from lightning_cat.metrics.clip_alignment import CLIPTextSimilarity, CLIPZeroShotProbability
 from lightning_cat.metrics.clip_iqa import CLIPIQA, CLIPIQAC, DEFAULT_IQA_PROMPTS, antonym_probabilities
-from lightning_cat.metrics.clip_models import CLIP_BACKENDS, CLIPEncoder, build_tiny_clip, load_clip, load_shared_clip
-from lightning_cat.metrics.face import FDFR, ISM
+from lightning_cat.metrics.clip_models import (
+    CLIP_BACKENDS,
+    CLIPEncoder,
+    build_tiny_clip,
+    load_clip,
+    load_shared_clip,
+    without_positional_embedding,
+)
+from lightning_cat.metrics.face import FDFR, ISM, select_face
+from lightning_cat.metrics.face_backends import load_face_models
+from lightning_cat.metrics.face_dlib import DlibDetector, DlibEmbedder
+from lightning_cat.metrics.face_insightface import InsightFaceDetector, InsightFaceEmbedder
 from lightning_cat.metrics.face_models import FaceDetector, FaceEmbedder, FacenetEmbedder, MTCNNDetector, crop_faces
 from lightning_cat.metrics.feature_extractors import (
     InceptionFeatures,
@@ -31,10 +41,14 @@ __all__ = [
     "CLIPEncoder",
     "CLIPTextSimilarity",
     "CLIPZeroShotProbability",
+    "DlibDetector",
+    "DlibEmbedder",
     "FaceDetector",
     "FaceEmbedder",
     "FacenetEmbedder",
     "InceptionFeatures",
+    "InsightFaceDetector",
+    "InsightFaceEmbedder",
     "MTCNNDetector",
     "LPIPSDistance",
     "LatentDistortion",
@@ -48,8 +62,11 @@ __all__ = [
     "load_brisque_model",
     "load_clip",
     "load_shared_clip",
+    "load_face_models",
     "load_inception",
     "module_identity",
     "per_image_psnr",
     "reference_cache_key",
+    "select_face",
+    "without_positional_embedding",
 ]

@@ -6,6 +6,13 @@ the score is p(good), averaged over prompt pairs and images. CLIP-IQAC (the clas
 used in the anti-customization literature) uses "a good photo of a {class}" / "a bad photo of a
 {class}" and reports ``p_good - p_bad`` in ``[-1, 1]``.
 
+On the same CLIP, prompts and pixels, :class:`CLIPIQA` equals torchmetrics'
+``clip_image_quality_assessment`` per image (checked in ``tests/test_metrics_clip.py``). Preprocessing
+differs only when images need resizing: ours clamps bicubic overshoot to ``[0, 1]``, the transformers
+CLIP processor does not. CLIP-IQA's original backbone (torchmetrics' default ``"clip_iqa"``: OpenAI's RN50
+without positional embedding, unresized images) is ``load_clip("open_clip", "RN50", weights,
+positional_embedding=False)``.
+
 Example::
 
     clip = load_clip("tiny")

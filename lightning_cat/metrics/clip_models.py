@@ -13,12 +13,22 @@ Example::
     image_embeddings = clip.encode_images(images)  # [B, D], unit norm; images in [-1, 1]
     text_embeddings = clip.encode_texts(["Good photo.", "Bad photo."])
 
+CLIP-IQA's original backbone (torchmetrics' ``"clip_iqa"`` model, from piq): OpenAI's CLIP RN50
+whose attention pool skips the positional embedding, so any input size works and images are not
+resized, only normalized with CLIP's mean/std::
+
+    clip = load_clip("open_clip", model="RN50", weights="weights/RN50.pt", positional_embedding=False)
+
+``weights`` may be OpenAI's TorchScript release file (``RN50.pt``; the architecture, with QuickGELU,
+is read from the file) or an open_clip state dict (then name ``RN50-quickgelu`` for OpenAI's weights).
+
 Nothing is downloaded: a missing file fails with an error naming ``clip_weights``.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -27,7 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLIPBackend", "CLIP_BACKENDS", "CLIPEncoder", "build_tiny_clip", "load_clip", "load_shared_clip"]
+__all__ = [
+    "AttentionPoolWithoutPositions",
+    "CLIPBackend",
+    "CLIP_BACKENDS",
+    "CLIPEncoder",
+    "build_tiny_clip",
+    "load_clip",
+    "load_shared_clip",
+    "without_positional_embedding",
+]
 
 #: Where a CLIP comes from: an open_clip checkpoint, a transformers CLIP folder, or the offline tiny random CLIP.
 CLIPBackend = Literal["open_clip", "transformers", "tiny"]
@@ -44,13 +63,14 @@ class CLIPEncoder(nn.Module):
 
     Images are float ``[B, 3, H, W]`` in ``[-1, 1]`` of any size: they are resized (shorter side,
     bicubic with antialiasing), center-cropped to the model's input size and normalized with the
-    model's pixel statistics, in float32.
+    model's pixel statistics, in float32. With ``image_size=None`` (a model that takes any size,
+    e.g. :func:`without_positional_embedding`) they are only normalized.
 
     Args:
         backend: where the model came from (``open_clip``, ``transformers`` or ``tiny``).
         model: the wrapped model.
         tokenizer: callable turning a list of strings into the model's text input.
-        image_size: side of the model's square input.
+        image_size: side of the model's square input; ``None``: no resizing or cropping.
         mean: per-channel pixel mean of the model's preprocessing.
         std: per-channel pixel std of the model's preprocessing.
         identity: a string naming the model and its weights (used in cache keys and reports).
@@ -61,7 +81,7 @@ class CLIPEncoder(nn.Module):
         backend: str,
         model: nn.Module,
         tokenizer,
-        image_size: int,
+        image_size: int | None,
         mean: Sequence[float] = _CLIP_MEAN,
         std: Sequence[float] = _CLIP_STD,
         identity: str = "",
@@ -70,7 +90,7 @@ class CLIPEncoder(nn.Module):
         self.backend = backend
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.image_size = int(image_size)
+        self.image_size = None if image_size is None else int(image_size)
         self.identity = identity or backend
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -83,10 +103,12 @@ class CLIPEncoder(nn.Module):
         return self.mean.device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in ``[-1, 1]`` -> normalized ``[B, 3, S, S]`` model input."""
+        """``[B, 3, H, W]`` in ``[-1, 1]`` -> normalized ``[B, 3, S, S]`` model input (``[B, 3, H, W]`` without a size)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"CLIPEncoder expects images [B, 3, H, W], got shape {tuple(images.shape)}")
         pixels = (images.float() + 1.0) / 2.0
+        if self.image_size is None:
+            return (pixels.clamp(0.0, 1.0) - self.mean) / self.std
         height, width = pixels.shape[-2:]
         scale = self.image_size / min(height, width)
         size = (max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale)))
@@ -126,6 +148,67 @@ def _pooled(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+class AttentionPoolWithoutPositions(nn.Module):
+    """open_clip's ModifiedResNet attention pool without its positional embedding (CLIP-IQA's backbone).
+
+    The same computation as ``open_clip.modified_resnet.AttentionPool2d`` (query: the mean token;
+    keys and values: the mean and every spatial token) minus the added positional embedding, so
+    feature maps of any size work. Shares the wrapped pool's weights.
+
+    Args:
+        pool: the ``AttentionPool2d`` to wrap.
+    """
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = self.pool
+        x = x.flatten(2).permute(2, 0, 1)  # NCHW -> (HW)NC
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (HW+1)NC, no positional embedding
+        x, _ = F.multi_head_attention_forward(
+            query=x[:1],
+            key=x,
+            value=x,
+            embed_dim_to_check=x.shape[-1],
+            num_heads=pool.num_heads,
+            q_proj_weight=pool.q_proj.weight,
+            k_proj_weight=pool.k_proj.weight,
+            v_proj_weight=pool.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=pool.c_proj.weight,
+            out_proj_bias=pool.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=False,
+            need_weights=False,
+        )
+        return x[0]
+
+
+def without_positional_embedding(model: nn.Module) -> nn.Module:
+    """Make an open_clip ResNet CLIP (``RN50``, ...) pool without positional embedding, in place.
+
+    Raises:
+        ValueError: if ``model.visual`` has no attention pool (a ViT or another tower).
+    """
+    visual = getattr(model, "visual", None)
+    pool = getattr(visual, "attnpool", None)
+    if pool is None or not hasattr(pool, "positional_embedding"):
+        raise ValueError(
+            "positional_embedding=False needs an open_clip ResNet CLIP (clip_model='RN50', 'RN101', ...), "
+            f"got a {type(visual).__name__} image tower"
+        )
+    if not isinstance(pool, AttentionPoolWithoutPositions):
+        visual.attnpool = AttentionPoolWithoutPositions(pool)
+    return model
+
+
 def build_tiny_clip(embed_dim: int = 32, image_size: int = 32) -> CLIPEncoder:
     """A small random open_clip CLIP (seeded, identical on every call) with the real tokenizer."""
     import open_clip
@@ -144,21 +227,27 @@ def load_clip(
     backend: CLIPBackend = "open_clip",
     model: str = "ViT-L-14",
     weights: str | os.PathLike | None = None,
+    positional_embedding: bool = True,
 ) -> CLIPEncoder:
     """Load a frozen CLIP from local files.
 
     Args:
         backend: ``open_clip``, ``transformers`` or ``tiny`` (see the module docstring).
         model: open_clip architecture name (``open_clip``); ignored otherwise.
-        weights: local open_clip checkpoint file (``open_clip``) or local ``CLIPModel`` folder
-            (``transformers``); ignored for ``tiny``.
+        weights: local open_clip checkpoint file or OpenAI TorchScript file (``open_clip``), or local
+            ``CLIPModel`` folder (``transformers``); ignored for ``tiny``.
+        positional_embedding: ``False``: CLIP-IQA's variant of a ResNet CLIP (``open_clip`` only):
+            the attention pool skips its positional embedding and images keep their size.
 
     Raises:
-        ValueError: for an unknown backend or architecture, or when ``weights`` is not given.
+        ValueError: for an unknown backend or architecture, when ``weights`` is not given, or for
+            ``positional_embedding=False`` with anything but an open_clip ResNet.
         FileNotFoundError: when ``weights`` does not exist.
     """
     if backend not in CLIP_BACKENDS:
         raise ValueError(f"load_clip: unknown clip_backend {backend!r}; choose one of {list(CLIP_BACKENDS)}")
+    if not positional_embedding:
+        _check_resnet_architecture(backend, model)
     if backend == "tiny":
         return build_tiny_clip()
     if weights is None:
@@ -171,21 +260,47 @@ def load_clip(
     if not path.exists():
         raise FileNotFoundError(f"clip_weights '{path}' does not exist")
     if backend == "open_clip":
-        return _load_open_clip(model, path)
+        return _load_open_clip(model, path, positional_embedding)
     return _load_transformers_clip(path)
 
 
-def _load_open_clip(name: str, path: Path) -> CLIPEncoder:
+def _check_resnet_architecture(backend: str, name: str) -> None:
+    """Fail before loading anything when ``positional_embedding=False`` cannot apply."""
+    import open_clip
+
+    config = open_clip.get_model_config(name) if backend == "open_clip" else None
+    if config is None or not isinstance(config.get("vision_cfg", {}).get("layers"), (list, tuple)):
+        raise ValueError(
+            "positional_embedding=False needs clip_backend='open_clip' with a ResNet clip_model ('RN50', 'RN101', "
+            f"'RN50-quickgelu', ...), got clip_backend={backend!r}, clip_model={name!r}"
+        )
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (OpenAI's CLIP release format), not a state dict."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _load_open_clip(name: str, path: Path, positional_embedding: bool = True) -> CLIPEncoder:
     import open_clip
 
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture clip_model={name!r}; see open_clip.list_models()")
     if not path.is_file():
         raise FileNotFoundError(f"clip_weights '{path}' is not a file (open_clip wants a checkpoint file)")
-    model = open_clip.create_model(name, pretrained=str(path), pretrained_image=False, pretrained_text=False)
+    if _is_torchscript_archive(path):  # OpenAI's file: open_clip rebuilds the architecture from its weights
+        model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+    else:
+        model = open_clip.create_model(name, pretrained=str(path), pretrained_image=False, pretrained_text=False)
     config = open_clip.get_model_preprocess_cfg(model)
     size = config.get("size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else size
+    identity = f"open_clip:{name}:{path.resolve()}"
+    if not positional_embedding:
+        model, size, identity = without_positional_embedding(model), None, f"{identity}:no-positional-embedding"
     return CLIPEncoder(
         "open_clip",
         model,
@@ -193,7 +308,7 @@ def _load_open_clip(name: str, path: Path) -> CLIPEncoder:
         size,
         mean=config.get("mean", _CLIP_MEAN),
         std=config.get("std", _CLIP_STD),
-        identity=f"open_clip:{name}:{path.resolve()}",
+        identity=identity,
     )
 
 
@@ -222,20 +337,22 @@ def _load_transformers_clip(path: Path) -> CLIPEncoder:
     )
 
 
-_SHARED: dict[tuple[str, str, str], CLIPEncoder] = {}
+_SHARED: dict[tuple[str, str, str, bool], CLIPEncoder] = {}
 
 
 def load_shared_clip(
     backend: CLIPBackend = "open_clip",
     model: str = "ViT-L-14",
     weights: str | os.PathLike | None = None,
+    positional_embedding: bool = True,
 ) -> CLIPEncoder:
-    """:func:`load_clip`, but one instance per (backend, model, weights) per process.
+    """:func:`load_clip`, but one instance per (backend, model, weights, positional_embedding) per process.
 
     Evaluators that need the same CLIP (CLIP-IQA on generated images, CLIP alignment on protected
     ones) share it instead of holding two copies of a large model.
     """
-    key = (backend, model if backend == "open_clip" else "", str(Path(weights).resolve()) if weights else "")
+    name = model if backend == "open_clip" else ""
+    key = (backend, name, str(Path(weights).resolve()) if weights else "", positional_embedding)
     if key not in _SHARED:
-        _SHARED[key] = load_clip(backend, model, weights)
+        _SHARED[key] = load_clip(backend, model, weights, positional_embedding)
     return _SHARED[key]

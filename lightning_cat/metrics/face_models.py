@@ -1,8 +1,10 @@
 """Face detectors and embedders behind small interfaces, for FDFR and ISM.
 
-A detector maps images (``[B, 3, H, W]`` in ``[-1, 1]``) to one ``[N_i, 5]`` tensor per image:
-boxes ``x1, y1, x2, y2`` in pixels and a confidence, most confident first (``N_i = 0``: no face).
-An embedder maps images and one box per image to ``[B, D]`` identity embeddings.
+A detector maps images (``[B, 3, H, W]`` in ``[-1, 1]``) to one ``[N_i, 5+]`` tensor per image:
+boxes ``x1, y1, x2, y2`` in pixels and a confidence, most confident first (``N_i = 0``: no face);
+a detector may add columns after the confidence (e.g. 5 landmarks ``x, y`` for an aligning embedder).
+An embedder maps images and one such detection row per image (``[B, 4+]``; at least the box) to
+``[B, D]`` identity embeddings.
 
 Adapters shipped here:
 
@@ -11,8 +13,10 @@ Adapters shipped here:
 * :class:`FacenetEmbedder`: facenet-pytorch's InceptionResnetV1 with weights from a local file
   (e.g. the VGGFace2 state dict); never downloaded.
 
-Anything with the same call signature plugs into :class:`~lightning_cat.metrics.FDFR` and
-:class:`~lightning_cat.metrics.ISM` (e.g. a RetinaFace detector or an ArcFace embedder).
+More in :mod:`lightning_cat.metrics.face_dlib` (dlib's detectors and ResNet descriptor, real weights
+from the ``faces`` extra) and :mod:`lightning_cat.metrics.face_insightface` (RetinaFace/SCRFD +
+ArcFace ONNX models from a local folder). Anything with the same call signature plugs into
+:class:`~lightning_cat.metrics.FDFR` and :class:`~lightning_cat.metrics.ISM`.
 """
 
 from __future__ import annotations
@@ -29,21 +33,40 @@ from torch import nn
 
 from lightning_cat.pixels import to_levels
 
-__all__ = ["FaceDetector", "FaceEmbedder", "FacenetEmbedder", "MTCNNDetector", "crop_faces"]
+__all__ = ["FaceDetector", "FaceEmbedder", "FacenetEmbedder", "MTCNNDetector", "crop_faces", "detection_rows"]
 
 
 @runtime_checkable
 class FaceDetector(Protocol):
-    """``detector(images) -> list of [N_i, 5]`` (x1, y1, x2, y2, confidence; most confident first)."""
+    """``detector(images) -> list of [N_i, 5+]`` (x1, y1, x2, y2, confidence[, extra]; most confident first)."""
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]: ...
 
 
 @runtime_checkable
 class FaceEmbedder(Protocol):
-    """``embedder(images, boxes [B, 4]) -> [B, D]`` identity embeddings."""
+    """``embedder(images, boxes [B, 4+]) -> [B, D]`` identity embeddings (``boxes``: one detection row per image)."""
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor: ...
+
+
+def detection_rows(
+    boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None, min_confidence: float = 0.0
+) -> torch.Tensor:
+    """One image's detections as the detector contract wants them: ``[N, 5 + K]`` float32, most confident first.
+
+    Args:
+        boxes: ``[N, 4]`` ``x1, y1, x2, y2`` in pixels.
+        scores: ``[N]`` confidences.
+        extra: optional ``[N, K]`` columns appended after the confidence (e.g. landmarks).
+        min_confidence: rows with a lower confidence are dropped.
+    """
+    columns = [np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64).reshape(-1, 1)]
+    if extra is not None:
+        columns.append(np.asarray(extra, np.float64).reshape(len(columns[0]), -1))
+    rows = torch.as_tensor(np.concatenate(columns, axis=1)).float()
+    rows = rows[rows[:, 4] >= min_confidence]
+    return rows[rows[:, 4].argsort(descending=True, stable=True)]
 
 
 def crop_faces(images: torch.Tensor, boxes: torch.Tensor, size: int, margin: float = 0.0) -> torch.Tensor:
