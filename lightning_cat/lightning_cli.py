@@ -18,7 +18,7 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-__all__ = ["LightningCatCLI", "lightning_main"]
+__all__ = ["LightningCatCLI", "lightning_main", "register_classes"]
 
 DESCRIPTION = (
     "lightning-cat: protect, defend, customize, sample and evaluate with Lightning. Subcommands fit, "
@@ -27,8 +27,9 @@ DESCRIPTION = (
 )
 
 
-def _register_classes() -> None:
-    # Importing registers the subclasses, so jsonargparse resolves short class names.
+def register_classes() -> None:
+    """Import the library's modules, datamodules, callbacks and purifiers, so that jsonargparse
+    resolves their short class names in configs."""
     import lightning_cat.callbacks  # noqa: F401
     import lightning_cat.datamodules  # noqa: F401
     import lightning_cat.modules  # noqa: F401
@@ -66,7 +67,7 @@ class LightningCatCLI(LightningCLI):
 
 def lightning_main(args: Sequence[str] | None = None) -> LightningCatCLI:
     """Run one stage command (``fit --config x.yaml ...``; ``None``: from ``sys.argv``) in this process."""
-    _register_classes()
+    register_classes()
     return LightningCatCLI(
         LightningModule,
         LightningDataModule,

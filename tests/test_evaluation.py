@@ -82,7 +82,13 @@ def test_cli_prints_one_table_of_all_metrics(eval_sets, tmp_path, capsys):
 def test_missing_weights_fail_before_evaluation(eval_sets, tmp_path):
     with pytest.raises(FileNotFoundError, match="lpips_backbone_weights"):
         main(
-            ["test", "--config", str(CONFIGS / "metrics.yaml"), "--trainer.default_root_dir", str(tmp_path)]
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "metrics.antidreambooth.sd21.yaml"),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
             + _data_args(eval_sets)
             + ["--data.resolution", "64"]
         )

