@@ -137,3 +137,12 @@ def test_the_paper_experiments_validate_and_reference_the_carded_configs(name):
     config = load_experiment_config(CONFIGS / "experiment" / f"{name}.yaml", require_subjects=False)
     files = {Path(f) for group in config.stage_files.values() for f in group.values()}
     assert files <= set(map(Path, map(os.path.realpath, PAPER_CONFIGS)))  # every stage is a paper config
+
+
+@pytest.mark.parametrize("method", ["mist", "sdst"])
+def test_a_missing_reference_target_texture_is_a_clear_error(method, tmp_path):
+    """The paper configs of Mist and SDST name the reference's MIST.png, which the user supplies."""
+    from lightning_cat.modules import ProtectionModule
+
+    with pytest.raises(ValueError, match=rf"'{method}': target_image must be an existing image file"):
+        ProtectionModule(method=method, target_image=str(tmp_path / "MIST.png"))

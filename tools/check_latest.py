@@ -55,10 +55,17 @@ def uncapped(requirement: str) -> str:
     return name + extras + ",".join(kept)
 
 
+def installed_extras() -> list[str]:
+    """The extras the CI command installs (``-e ".[test,...]"`` in .ci/run, README's test command)."""
+    match = re.search(r'-e "\.\[([^\]]+)\]"', (ROOT / ".ci" / "run").read_text())
+    return match.group(1).split(",") if match else ["test"]
+
+
 def requirements() -> tuple[list[str], set[str]]:
-    """The project's dependencies and test extra, uncapped, and the names of the direct ones."""
+    """The project's dependencies and the extras CI installs, uncapped, and the names of the direct ones."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = list(project["dependencies"]) + list(project.get("optional-dependencies", {}).get("test", []))
+    extras = project.get("optional-dependencies", {})
+    declared = list(project["dependencies"]) + [r for name in installed_extras() for r in extras.get(name, [])]
     direct = {normalize(_NAME.match(r).group(1)) for r in declared} | {normalize(n) for n in NO_DEPS}
     return [uncapped(r) for r in declared], direct
 
