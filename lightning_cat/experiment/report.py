@@ -134,12 +134,7 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: str | os.Path
     axis.set_ylabel(metric)
     axis.set_title(metric)
     axis.legend(title="defense", fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return _save_figure(figure, path)
 
 
 def budget_curves(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[float, list[dict[str, Any]]]]:
@@ -186,6 +181,13 @@ def plot_budget_curves(rows: Sequence[dict[str, Any]], metric: str, path: str | 
     axis.set_ylabel(metric)
     axis.set_title(f"{metric} against the budget")
     axis.legend(fontsize="x-small")
+    return _save_figure(figure, path)
+
+
+def _save_figure(figure: Any, path: str | os.PathLike) -> Path:
+    """Lay out, save as PNG (atomically) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
