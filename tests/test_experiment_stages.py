@@ -34,3 +34,31 @@ def test_stage_output_goes_to_the_log(tmp_path, photos_dir, capsys):
     captured = capsys.readouterr()
     assert "Epoch 0" in log.read_text()  # Lightning's progress bar
     assert "Epoch 0" not in captured.out + captured.err
+
+
+def test_output_redirect_survives_last_resort_and_shared_handlers(tmp_path, monkeypatch):
+    """torch attaches ``logging.lastResort`` (read-only ``stream``) to some loggers, as when accelerate is
+    installed; a handler may also sit on two loggers. Both must redirect and restore cleanly."""
+    import logging
+    import sys
+
+    from lightning_cat.experiment.stages import _output_to
+
+    shared = logging.StreamHandler(sys.stderr)
+    console = shared.stream
+    first, second, last_resort_owner = (logging.getLogger(f"lc-test-{name}") for name in ("a", "b", "c"))
+    for logger, handler in ((first, shared), (second, shared), (last_resort_owner, logging.lastResort)):
+        logger.addHandler(handler)
+        monkeypatch.setattr(logger, "propagate", False)
+    try:
+        log = tmp_path / "stage.log"
+        with _output_to(log) as stream:
+            assert shared.stream is stream
+            first.warning("from a shared handler")
+            last_resort_owner.warning("from the last-resort handler")
+        assert shared.stream is console
+        text = log.read_text()
+        assert "from a shared handler" in text and "from the last-resort handler" in text
+    finally:
+        for logger, handler in ((first, shared), (second, shared), (last_resort_owner, logging.lastResort)):
+            logger.removeHandler(handler)

@@ -186,6 +186,13 @@ class StageCommand:
             lightning_main(self.argv())
 
 
+def _redirectable(handler: logging.Handler) -> bool:
+    """A console handler with a settable stream (``logging.lastResort`` reads ``sys.stderr`` live)."""
+    return isinstance(handler, logging.StreamHandler) and not isinstance(
+        getattr(type(handler), "stream", None), property
+    )
+
+
 @contextlib.contextmanager
 def _output_to(path: Path | None) -> Iterator[Any]:
     """Send this process's console output (print, tqdm, warnings, logging) to ``path``."""
@@ -195,12 +202,14 @@ def _output_to(path: Path | None) -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
     with open(path, "a", buffering=1) as stream:
-        handlers = [
-            handler
-            for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-            for handler in getattr(logger, "handlers", [])
-            if isinstance(handler, logging.StreamHandler) and handler.stream in consoles
-        ]
+        handlers = list(
+            {
+                id(handler): handler
+                for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+                for handler in getattr(logger, "handlers", [])
+                if _redirectable(handler) and handler.stream in consoles
+            }.values()
+        )
         originals = [handler.setStream(stream) for handler in handlers]
         try:
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
