@@ -28,6 +28,7 @@ from lightning_cat.cat import (
     CATVariant,
     LoraInit,
     add_cat_adapter,
+    cat_base_model_name,
     cat_lora_config,
     cat_optimizer,
     per_image_noise,
@@ -35,7 +36,7 @@ from lightning_cat.cat import (
 )
 from lightning_cat.diffusion.latents import latent_shape
 from lightning_cat.modules.base import DiffusionModule
-from lightning_cat.optimization import LRSchedule
+from lightning_cat.optimization import LRSchedule, Optimizer
 from lightning_cat.perceptual import LPIPSNet, load_lpips
 
 __all__ = ["CATAdapterModule"]
@@ -70,6 +71,10 @@ class CATAdapterModule(DiffusionModule):
         adam_beta2: AdamW beta2.
         weight_decay: AdamW weight decay.
         lr_scheduler: ``cosine`` (to 0 over the run, no warmup) or ``constant``.
+        optimizer: ``adamw`` (torch, the reference) or ``adamw_8bit`` (bitsandbytes: the
+            ``adam8bit`` extra; its optimizer states take a quarter of the memory).
+        gradient_checkpointing: recompute the VAE encoder's and decoder's activations in the
+            backward pass (diffusers' ``enable_gradient_checkpointing``): less memory, same gradients.
         output_dir: where the adapter is written at the end of ``fit`` (``None``: not exported).
         overwrite: replace an ``output_dir`` that already holds files.
         seed: seed of the posterior samples, drawn per image and step (the same under any number
@@ -100,6 +105,8 @@ class CATAdapterModule(DiffusionModule):
         adam_beta2: float = 0.999,
         weight_decay: float = 1e-2,
         lr_scheduler: LRSchedule = "cosine",
+        optimizer: Optimizer = "adamw",
+        gradient_checkpointing: bool = False,
         output_dir: str | None = None,
         overwrite: bool = False,
         seed: int = 0,
@@ -124,6 +131,8 @@ class CATAdapterModule(DiffusionModule):
             h.adapter_variant, rank=h.lora_rank, alpha=h.lora_alpha, init=h.lora_init, dropout=h.lora_dropout
         )
         self.vae = add_cat_adapter(self.vae, config)
+        if h.gradient_checkpointing:
+            self.vae.get_base_model().enable_gradient_checkpointing()
         lpips = None
         if h.loss != "mse":
             lpips = load_lpips(h.lpips_net, h.lpips_backbone_weights, random_backbone=h.lpips_random_backbone)
@@ -170,6 +179,7 @@ class CATAdapterModule(DiffusionModule):
             betas=(h.adam_beta1, h.adam_beta2),
             weight_decay=h.weight_decay,
             lr_scheduler=h.lr_scheduler,
+            optimizer=h.optimizer,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -179,5 +189,11 @@ class CATAdapterModule(DiffusionModule):
         if h.output_dir is None:
             return
         if self.trainer.is_global_zero:
-            save_cat_adapter(self.vae, h.output_dir, overwrite=h.overwrite)
+            save_cat_adapter(
+                self.vae,
+                h.output_dir,
+                overwrite=h.overwrite,
+                base_model_name_or_path=cat_base_model_name(h.pretrained_model_name_or_path),
+                revision=h.revision,
+            )
         self.trainer.strategy.barrier("cat_adapter_export")
