@@ -116,3 +116,21 @@ def test_missing_datasets_package_is_named(monkeypatch, saved):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ModuleNotFoundError, match="needs the datasets package: pip install datasets"):
         HFImageDataModule(str(saved), resolution=64)
+
+
+def test_cli_trains_cat_on_a_saved_dataset(saved, tmp_path):
+    from peft import PeftModel
+
+    from lightning_cat.cli import main
+    from lightning_cat.diffusion import load_vae
+
+    adapter = tmp_path / "adapter"
+    cli = main(
+        ["fit", "--model", "CATAdapterModule", "--model.lora_rank", "4", "--model.output_dir", str(adapter)]
+        + ["--data", "HFImageDataModule", "--data.source", str(saved), "--data.resolution", "32"]
+        + ["--data.batch_size", "2", "--trainer.max_steps", "1", "--trainer.accelerator", "cpu"]
+        + ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+        + ["--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false"]
+    )
+    assert cli.trainer.global_step == 1 and len(cli.datamodule.dataset) == 5
+    assert sum("lora_B" in name for name, _ in PeftModel.from_pretrained(load_vae("tiny"), adapter).named_parameters())
