@@ -134,3 +134,23 @@ def test_cli_trains_cat_on_a_saved_dataset(saved, tmp_path):
     )
     assert cli.trainer.global_step == 1 and len(cli.datamodule.dataset) == 5
     assert sum("lora_B" in name for name, _ in PeftModel.from_pretrained(load_vae("tiny"), adapter).named_parameters())
+
+
+def test_a_protected_set_from_dataset_rows_pairs_with_the_clean_folder(photos_dir, saved, tmp_path):
+    """ProtectionModule on dataset rows writes files named by the rows' stems, which pair with the folder."""
+    from lightning.pytorch import Trainer
+
+    from lightning_cat.modules import ProtectionModule
+
+    out = tmp_path / "protected"
+    module = ProtectionModule(method="advdm_plus", output_dir=str(out), eps_255=8, alpha_255=4, steps=1)
+    data = HFImageDataModule(str(saved), resolution=32, batch_size=5)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, data)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in photos_dir.glob("*.png"))
+    paired = PairedImageDataModule(str(photos_dir), str(out), resolution=32)
+    item = paired.dataset[0]
+    linf = (item["image"] - item["clean"]).abs().max().item() * 127.5
+    assert 0 < linf <= 8 + 1e-4
