@@ -151,10 +151,12 @@ def test_dreambooth_validation_samples_are_logged_seeded_and_leave_training_unch
     assert [image.step for image in samples] == [2, 4]
     assert (samples[0].width, samples[0].height) == (2 * 32, 32)
     # the same seeds give the same images (the sampler draws from its own generators)
-    torch.manual_seed(123)
+    module.train()
+    modes = [child.training for child in module.modules()]
+    assert module.unet.training and not module.vae.training  # frozen parts stay in eval mode
     first, second = module.validation_samples(), module.validation_samples()
     assert torch.equal(first, second) and not torch.equal(first[0], first[1])
-    assert module.unet.training  # eval mode was left again
+    assert [child.training for child in module.modules()] == modes  # every module's mode restored
 
     _, without = _dreambooth(photos_dir, tmp_path, None, TensorBoardLogger(str(tmp_path), name="plain"))
     assert with_samples.keys() == without.keys()
