@@ -1,4 +1,4 @@
-"""Datamodules: image folders, clean/protected pairs, DreamBooth instance + class sets."""
+"""Datamodules: image folders, ``datasets`` sources, clean/protected pairs, DreamBooth instance + class sets."""
 
 from lightning_cat.datamodules.base import ImageDataModule
 from lightning_cat.datamodules.datasets import (
@@ -10,6 +10,7 @@ from lightning_cat.datamodules.datasets import (
 from lightning_cat.datamodules.dreambooth import DreamBoothDataModule
 from lightning_cat.datamodules.evaluation import EvaluationDataModule
 from lightning_cat.datamodules.folder import ImageFolderDataModule
+from lightning_cat.datamodules.hf_dataset import HFImageDataModule, HFImageDataset, load_hf_images
 from lightning_cat.datamodules.paired import PairedImageDataModule
 from lightning_cat.datamodules.prompts import PromptDataModule, PromptDataset
 
@@ -17,6 +18,8 @@ __all__ = [
     "DreamBoothDataModule",
     "DreamBoothDataset",
     "EvaluationDataModule",
+    "HFImageDataModule",
+    "HFImageDataset",
     "ImageDataModule",
     "ImageFolderDataModule",
     "ImageFolderDataset",
@@ -24,5 +27,6 @@ __all__ = [
     "PairedImageDataset",
     "PromptDataModule",
     "PromptDataset",
+    "load_hf_images",
     "read_manifest",
 ]

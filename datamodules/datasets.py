@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lightning_cat.images import ImageInputError, ImageTransform, list_images, load_image, pil_to_tensor
@@ -67,12 +68,16 @@ class ImageFolderDataset(Dataset):
     def stems(self) -> list[str]:
         return [p.stem for p in self.files]
 
+    def open_image(self, index: int) -> Image.Image:
+        """The decoded 8-bit RGB source image of ``index`` (subclasses read other stores)."""
+        return load_image(self.files[index])
+
     def _prepared(self, index: int) -> torch.Tensor:
         """uint8 ``[3, h, w]``: resized (center-cropped when the crop is deterministic), purified; cached."""
         if index in self._cache:
             return self._cache[index]
         path = self.files[index]
-        image = load_image(path)
+        image = self.open_image(index)
         self.transform.check_size(image, path)
         tensor = pil_to_tensor(self.transform.resize(image))
         if self.transform.crop == "center":

@@ -40,6 +40,7 @@ __all__ = [
     "ImageTransform",
     "list_images",
     "load_image",
+    "load_image_bytes",
     "pil_to_tensor",
     "save_png",
     "tensor_to_pil",
@@ -137,6 +138,24 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageInputError(f"cannot decode image '{path}': {error}") from error
     if image.width < 1 or image.height < 1:
         raise ImageInputError(f"image '{path}' is empty ({image.width}x{image.height})")
+    return image
+
+
+def load_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode encoded image ``data`` (PNG, JPEG, ...) like :func:`load_image`; ``name`` says where it came from.
+
+    Raises:
+        ImageInputError: if it cannot be decoded or is empty, naming ``name``.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            image = _to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageInputError(f"cannot decode image {name}: {error}") from error
+    if image.width < 1 or image.height < 1:
+        raise ImageInputError(f"image {name} is empty ({image.width}x{image.height})")
     return image
 
 

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import MeanSquaredError
 
-from lightning_cat.callbacks import GeneratedImageEvaluator, ProtectedImageEvaluator
+from lightning_cat.callbacks import GeneratedImageEvaluator, LatentDistortionCallback, ProtectedImageEvaluator
 from lightning_cat.cli import main
 from lightning_cat.datamodules import EvaluationDataModule, PairedImageDataModule
 from lightning_cat.images import ImageTransform
@@ -34,6 +34,7 @@ ALL_METRICS = {
     "fdfr",
     "brisque",
 }
+LATENT_DISTORTION = {"test/base/latent_mse_relative", "test/base/recon_psnr"}
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,10 @@ def test_cli_prints_one_table_of_all_metrics(eval_sets, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert out.count("Test metric") == 1
-    for name in ALL_METRICS:
+    for name in ALL_METRICS | LATENT_DISTORTION:
         assert name in out
     results = {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
-    assert set(results) == ALL_METRICS
+    assert set(results) == ALL_METRICS | LATENT_DISTORTION
 
     # PSNR equals the formula on the 64 px files; FID equals a direct computation; no face in 64 px noise.
     transform = ImageTransform(resolution=64)
@@ -77,6 +78,20 @@ def test_cli_prints_one_table_of_all_metrics(eval_sets, tmp_path, capsys):
     assert results["fid"] == pytest.approx(fid.compute().item(), rel=1e-4)
     assert results["fdfr"] == 1.0
     assert 0 < results["ssim"] < 1 and results["lpips"] > 0
+
+    # latent distortion equals the callback run directly on the same folders
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[LatentDistortionCallback("tiny", keys=["latent_mse_relative", "recon_psnr"])],
+    )
+    (direct,) = trainer.test(EvaluationModule(), datamodule=_datamodule(eval_sets), verbose=False)
+    assert set(direct) == LATENT_DISTORTION
+    for key in LATENT_DISTORTION:
+        assert results[key] == pytest.approx(direct[key], rel=1e-6)
+    assert results["test/base/latent_mse_relative"] > 0
 
 
 def test_missing_weights_fail_before_evaluation(eval_sets, tmp_path):

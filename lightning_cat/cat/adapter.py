@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from lightning_cat.atomic import check_output_dir, staged_dir
-from lightning_cat.diffusion.loading import load_vae
+from lightning_cat.diffusion.loading import load_vae, resolve_model_path
 from lightning_cat.options import choices
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ __all__ = [
     "CATVariant",
     "LoraInit",
     "add_cat_adapter",
+    "cat_base_model_name",
     "cat_lora_config",
     "cat_target_modules",
     "load_cat_vae",
@@ -90,13 +91,38 @@ def add_cat_adapter(vae: AutoencoderKL, config: LoraConfig) -> PeftModel:
     return get_peft_model(vae, config)
 
 
-def save_cat_adapter(peft_vae: PeftModel, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+def cat_base_model_name(pretrained_model_name_or_path: str) -> str:
+    """What an adapter's ``base_model_name_or_path`` records: the VAE it was trained on.
+
+    A local checkpoint (``tiny`` included) gives the absolute path of its ``vae`` folder, which
+    ``AutoencoderKL.from_pretrained`` loads as is; a hub model gives its hub id (short names
+    resolved), whose VAE is the ``vae`` subfolder (``from_pretrained(id, subfolder="vae")``).
+    """
+    resolved = resolve_model_path(pretrained_model_name_or_path)
+    local = Path(resolved).expanduser()
+    return str(local.resolve() / "vae") if local.is_dir() else resolved
+
+
+def save_cat_adapter(
+    peft_vae: PeftModel,
+    directory: str | os.PathLike,
+    overwrite: bool = False,
+    base_model_name_or_path: str | None = None,
+    revision: str | None = None,
+) -> Path:
     """Write the adapter (peft format, safetensors) to ``directory`` atomically; returns it.
+
+    ``base_model_name_or_path`` / ``revision`` are recorded in ``adapter_config.json`` (see
+    :func:`cat_base_model_name`), so the folder names the VAE it belongs to.
 
     Raises:
         FileExistsError: if ``directory`` exists and is not empty (unless ``overwrite``).
     """
     target = check_output_dir(directory, overwrite, owner="CAT adapter folder")
+    config = peft_vae.peft_config[peft_vae.active_adapter]
+    if base_model_name_or_path is not None:
+        config.base_model_name_or_path = base_model_name_or_path
+        config.revision = revision
     with staged_dir(target) as staging:
         peft_vae.save_pretrained(staging, safe_serialization=True)
     return target

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from lightning_cat.cat.adapter import CATVariant, LoraInit, add_cat_adapter, cat_lora_config
 from lightning_cat.cat.loss import CATLoss
-from lightning_cat.optimization import LR_SCHEDULES, LRSchedule, apply_gradients
+from lightning_cat.optimization import LR_SCHEDULES, LRSchedule, Optimizer, adamw, apply_gradients
 from lightning_cat.seeding import derive_seed
 
 __all__ = ["cat_optimizer", "per_image_noise", "train_cat_adapter"]
@@ -27,11 +27,16 @@ def cat_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 1e-2,
     lr_scheduler: LRSchedule = "cosine",
+    optimizer: Optimizer = "adamw",
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW and its per-step schedule with CAT's reference defaults (cosine to 0, no warmup).
 
+    ``optimizer``: torch's ``adamw`` (the reference) or bitsandbytes' ``adamw_8bit``
+    (:func:`lightning_cat.optimization.adamw`).
+
     Raises:
-        ValueError: for an unknown ``lr_scheduler`` or ``num_steps < 1``.
+        ValueError: for an unknown ``lr_scheduler`` or optimizer, or ``num_steps < 1``.
+        ModuleNotFoundError: for ``adamw_8bit`` without bitsandbytes.
     """
     from diffusers.optimization import get_scheduler
 
@@ -39,9 +44,10 @@ def cat_optimizer(
         raise ValueError(f"cat_optimizer: lr_scheduler={lr_scheduler!r} is not one of {list(LR_SCHEDULES)}")
     if num_steps < 1:
         raise ValueError(f"cat_optimizer: num_steps must be >= 1, got {num_steps}")
-    optimizer = torch.optim.AdamW(list(parameters), lr=learning_rate, betas=tuple(betas), weight_decay=weight_decay)
-    scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=num_steps)
-    return optimizer, scheduler
+    groups = [{"params": list(parameters)}]
+    adam = adamw(groups, optimizer, lr=learning_rate, betas=tuple(betas), weight_decay=weight_decay)
+    scheduler = get_scheduler(lr_scheduler, adam, num_warmup_steps=0, num_training_steps=num_steps)
+    return adam, scheduler
 
 
 def per_image_noise(shape: Sequence[int], indices: Sequence[int] | torch.Tensor, seed: int, step: int) -> torch.Tensor:

@@ -333,6 +333,7 @@ class ExperimentPlan:
                 data["clean_root"] = str(clean.outputs["images"])
                 data["protected_root"] = str(protected.outputs["images"]) if protected else None
                 data["generated_root"] = str(samples.outputs["samples"] / prompt["folder"])
+                drop_callback(config, LatentDistortionCallback)  # the config's own: replaced by the cell's VAEs
                 if protected is not None:
                     latent = {"pretrained_model_name_or_path": self.config.model, "keys": LATENT_DISTORTION_KEYS}
                     if cat is not None:

@@ -11,7 +11,9 @@ image never reaches the adapter. At the end of ``fit`` the adapter is exported i
     lightning-cat fit --model CATAdapterModule --model.output_dir adapters/subject \
         --data ImageFolderDataModule --data.root protected/ --trainer.max_steps 10000
 
-Gradient clipping is the Trainer's ``gradient_clip_val`` (off in the reference recipe).
+Gradient clipping is the Trainer's ``gradient_clip_val`` (off in the reference recipe). Logged:
+``train/loss`` (and ``train/mse`` / ``train/lpips`` under ``mse+lpips``), ``train/lr``, and input |
+reconstruction grids (``train/reconstructions``) for loggers that take images.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from lightning_cat.cat import (
     CATVariant,
     LoraInit,
     add_cat_adapter,
+    cat_base_model_name,
     cat_lora_config,
     cat_optimizer,
+    cat_reconstruction,
     per_image_noise,
     save_cat_adapter,
 )
 from lightning_cat.diffusion.latents import latent_shape
 from lightning_cat.modules.base import DiffusionModule
-from lightning_cat.optimization import LRSchedule
+from lightning_cat.modules.image_logging import evaluation_mode, image_loggers, log_image_grid
+from lightning_cat.optimization import LRSchedule, Optimizer
 from lightning_cat.perceptual import LPIPSNet, load_lpips
 
 __all__ = ["CATAdapterModule"]
@@ -70,6 +75,14 @@ class CATAdapterModule(DiffusionModule):
         adam_beta2: AdamW beta2.
         weight_decay: AdamW weight decay.
         lr_scheduler: ``cosine`` (to 0 over the run, no warmup) or ``constant``.
+        optimizer: ``adamw`` (torch, the reference) or ``adamw_8bit`` (bitsandbytes: the
+            ``adam8bit`` extra; its optimizer states take a quarter of the memory).
+        gradient_checkpointing: recompute the VAE encoder's and decoder's activations in the
+            backward pass (diffusers' ``enable_gradient_checkpointing``): less memory, same gradients.
+        log_images_every_n_steps: every this many optimizer steps (and after the first), log the
+            step's first ``num_log_images`` inputs above their reconstructions (posterior mean,
+            eval mode) to the loggers that take images (``None``: never).
+        num_log_images: images per logged grid.
         output_dir: where the adapter is written at the end of ``fit`` (``None``: not exported).
         overwrite: replace an ``output_dir`` that already holds files.
         seed: seed of the posterior samples, drawn per image and step (the same under any number
@@ -100,6 +113,10 @@ class CATAdapterModule(DiffusionModule):
         adam_beta2: float = 0.999,
         weight_decay: float = 1e-2,
         lr_scheduler: LRSchedule = "cosine",
+        optimizer: Optimizer = "adamw",
+        gradient_checkpointing: bool = False,
+        log_images_every_n_steps: int | None = 500,
+        num_log_images: int = 4,
         output_dir: str | None = None,
         overwrite: bool = False,
         seed: int = 0,
@@ -114,6 +131,10 @@ class CATAdapterModule(DiffusionModule):
                 f"{type(self).__name__}: loss={h.loss!r} needs lpips_backbone_weights (a local torchvision "
                 f"{h.lpips_net} state dict; nothing is downloaded)"
             )
+        if h.log_images_every_n_steps is not None and h.log_images_every_n_steps < 1:
+            self.fail("log_images_every_n_steps", ">= 1 or None")
+        if h.num_log_images < 1:
+            self.fail("num_log_images", ">= 1")
         if h.output_dir is not None:
             check_output_dir(h.output_dir, h.overwrite, owner=f"{type(self).__name__}: output_dir")
 
@@ -124,12 +145,15 @@ class CATAdapterModule(DiffusionModule):
             h.adapter_variant, rank=h.lora_rank, alpha=h.lora_alpha, init=h.lora_init, dropout=h.lora_dropout
         )
         self.vae = add_cat_adapter(self.vae, config)
+        if h.gradient_checkpointing:
+            self.vae.get_base_model().enable_gradient_checkpointing()
         lpips = None
         if h.loss != "mse":
             lpips = load_lpips(h.lpips_net, h.lpips_backbone_weights, random_backbone=h.lpips_random_backbone)
         self.cat_loss = CATLoss(h.loss, lpips=lpips, lpips_weight=h.lpips_weight)
         # LPIPS weights are frozen and come from lpips_backbone_weights: keep them out of checkpoints.
         self.add_pretrained_parts("cat_loss")
+        self._images_logged_at = -1
 
     def _noise(self, images: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         shape = latent_shape(self.vae.get_base_model(), images.shape)
@@ -150,7 +174,19 @@ class CATAdapterModule(DiffusionModule):
         if output.mse is not None and output.lpips is not None:
             logs.update({"train/mse": output.mse, "train/lpips": output.lpips})
         self.log_dict(logs, prog_bar=True, batch_size=images.shape[0])
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=images.shape[0])
         return output.loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        every, step = self.hparams.log_images_every_n_steps, self.global_step
+        if every is None or step == self._images_logged_at or (step != 1 and step % every) or not image_loggers(self):
+            return
+        self._images_logged_at = step
+        images = batch["image"][: self.hparams.num_log_images]
+        with evaluation_mode(self), self.trainer.precision_plugin.forward_context():
+            reconstructions = cat_reconstruction(self.vae, images)
+        log_image_grid(self, "train/reconstructions", [images, reconstructions], step=step)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """The CAT objective on the test batch's protected images, decoding the posterior mean."""
@@ -170,6 +206,7 @@ class CATAdapterModule(DiffusionModule):
             betas=(h.adam_beta1, h.adam_beta2),
             weight_decay=h.weight_decay,
             lr_scheduler=h.lr_scheduler,
+            optimizer=h.optimizer,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -179,5 +216,11 @@ class CATAdapterModule(DiffusionModule):
         if h.output_dir is None:
             return
         if self.trainer.is_global_zero:
-            save_cat_adapter(self.vae, h.output_dir, overwrite=h.overwrite)
+            save_cat_adapter(
+                self.vae,
+                h.output_dir,
+                overwrite=h.overwrite,
+                base_model_name_or_path=cat_base_model_name(h.pretrained_model_name_or_path),
+                revision=h.revision,
+            )
         self.trainer.strategy.barrier("cat_adapter_export")

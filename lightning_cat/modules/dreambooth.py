@@ -8,12 +8,16 @@ optimizer and schedule, and the export of the customized model at fit end::
     lightning-cat fit --config configs/dreambooth/lora.tiny.yaml
 
 The datamodule is :class:`~lightning_cat.datamodules.DreamBoothDataModule`; gradient clipping is
-the Trainer's ``gradient_clip_val`` (the configs set 1.0).
+the Trainer's ``gradient_clip_val`` (the configs set 1.0). Logged: ``train/loss``,
+``train/loss_instance``, ``train/loss_prior`` (with prior preservation), ``train/lr`` (and
+``train/lr_text_encoder``), and, with a ``validation_prompt``, a grid of seeded samples
+(``val/samples``) every ``validation_every_n_steps`` steps for the loggers that take images.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from lightning_cat.customization.class_images import generate_class_images
 from lightning_cat.diffusion import (
     DiffusionComponents,
     LatentCache,
+    build_pipeline,
     encode_prompts,
     latent_distribution,
     load_components,
@@ -49,7 +54,9 @@ from lightning_cat.diffusion import (
     vae_scale_factor,
 )
 from lightning_cat.modules.base import DiffusionModule
+from lightning_cat.modules.image_logging import evaluation_mode, image_loggers, log_image_grid
 from lightning_cat.optimization import LRSchedule, Optimizer, adamw
+from lightning_cat.sampling.generation import generate_images
 
 __all__ = ["DreamBoothModule"]
 
@@ -96,6 +103,15 @@ class DreamBoothModule(DiffusionModule):
         class_generation_guidance: guidance scale when generating class images.
         class_generation_batch_size: images per generation batch.
         class_generation_seed: seed of class image ``i`` is ``class_generation_seed + i``.
+        validation_prompt: every ``validation_every_n_steps`` optimizer steps, sample this prompt
+            (CDL sampling suffix and negative prompt applied when on) with the model being trained
+            and log the images to the loggers that take images (``None``: off). Sampling runs in
+            eval mode without gradients, on its own seeded generators: training is unchanged.
+        validation_every_n_steps: steps between validation samples.
+        num_validation_images: images per validation grid; image ``i`` uses seed ``validation_seed + i``.
+        validation_seed: seed of the first validation image.
+        validation_inference_steps: denoising steps of the validation samples.
+        validation_guidance_scale: guidance scale of the validation samples.
         output_dir: folder the customized model is exported to at the end of ``fit`` (``None``:
             no export; checkpoints only).
         overwrite: replace an existing non-empty ``output_dir``.
@@ -136,6 +152,12 @@ class DreamBoothModule(DiffusionModule):
         class_generation_guidance: float = 7.5,
         class_generation_batch_size: int = 4,
         class_generation_seed: int = 0,
+        validation_prompt: str | None = None,
+        validation_every_n_steps: int = 100,
+        num_validation_images: int = 4,
+        validation_seed: int = 0,
+        validation_inference_steps: int = 25,
+        validation_guidance_scale: float = 7.5,
         output_dir: str | None = None,
         overwrite: bool = False,
     ) -> None:
@@ -151,7 +173,13 @@ class DreamBoothModule(DiffusionModule):
                 self.fail(option, ">= 0")
         if h.snr_gamma is not None and not h.snr_gamma > 0:
             self.fail("snr_gamma", "> 0 or None")
-        for option in ("class_generation_steps", "class_generation_batch_size"):
+        for option in (
+            "class_generation_steps",
+            "class_generation_batch_size",
+            "validation_every_n_steps",
+            "num_validation_images",
+            "validation_inference_steps",
+        ):
             if h[option] < 1:
                 self.fail(option, ">= 1")
         if h.cat_adapter is not None and not (Path(h.cat_adapter) / "adapter_config.json").is_file():
@@ -178,6 +206,7 @@ class DreamBoothModule(DiffusionModule):
         self.latent_cache = LatentCache()
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._use_latent_cache = False
+        self._validated_at = -1
 
     def _load_vae(self) -> None:
         if self.hparams.cat_adapter is None:
@@ -282,7 +311,56 @@ class DreamBoothModule(DiffusionModule):
         self.log("train/loss_instance", result.instance, batch_size=size)
         if result.prior is not None:
             self.log("train/loss_prior", result.prior, batch_size=size)
+        if self._trainer is not None and self.trainer.optimizers:
+            groups = self.trainer.optimizers[0].param_groups
+            self.log("train/lr", groups[0]["lr"], batch_size=size)
+            if len(groups) > 1:
+                self.log("train/lr_text_encoder", groups[1]["lr"], batch_size=size)
         return result.loss
+
+    # ------------------------------------------------------------------ validation samples
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        h, step = self.hparams, self.global_step
+        if h.validation_prompt is None or step == self._validated_at or step % h.validation_every_n_steps:
+            return
+        if not image_loggers(self):
+            return  # e.g. CSVLogger only: nothing could show the samples
+        self._validated_at = step
+        log_image_grid(self, "val/samples", [self.validation_samples()], step=step)
+
+    def validation_samples(self) -> torch.Tensor:
+        """``num_validation_images`` samples of ``validation_prompt`` by the model as it is now, ``[N, 3, H, W]``.
+
+        Generated like :class:`~lightning_cat.modules.SamplingModule` generates (CDL sampling prompt
+        and negative prompt), each image from its own CPU generator (``validation_seed + i``), in
+        eval mode without gradients; the global RNG is left as it was, so training is unchanged.
+        """
+        h = self.hparams
+        if h.validation_prompt is None:
+            raise ValueError(f"{type(self).__name__}: validation_samples needs validation_prompt")
+        components = DiffusionComponents(
+            source=self.pretrained_model_name_or_path,
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            vae=self.vae,
+            unet=self.unet,
+        )
+        pipeline = build_pipeline(components, revision=self.revision)
+        resolution = self._generation_resolution()
+        devices = [self.device] if self.device.type == "cuda" else []
+        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+        with torch.random.fork_rng(devices=devices), evaluation_mode(self), context:
+            return generate_images(
+                pipeline,
+                [self.cdl.sampling_prompt(h.validation_prompt)] * h.num_validation_images,
+                [h.validation_seed + i for i in range(h.num_validation_images)],
+                negative_prompt=self.cdl.sampling_negative_prompt(None),
+                num_inference_steps=h.validation_inference_steps,
+                guidance_scale=h.validation_guidance_scale,
+                height=resolution,
+                width=resolution,
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         from diffusers.optimization import get_scheduler

