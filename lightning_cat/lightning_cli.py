@@ -77,7 +77,8 @@ class LightningCatCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        stored = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
+        # mmap: only the hyperparameters are read here, not the weights.
+        stored = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
         init_args = self.config[subcommand].get("model.init_args")
         current = init_args.as_dict() if hasattr(init_args, "as_dict") else {}
         changed = sorted(k for k, v in current.items() if k in stored and stored[k] != v)

@@ -3,10 +3,17 @@ resumable through ``--ckpt_path`` with new command-line options winning over the
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lightning_cat.cli import main
 
@@ -107,3 +114,50 @@ def test_every_n_train_steps_below_one_is_refused():
 
     with pytest.raises(ValueError, match="TrainingCheckpoint: every_n_train_steps must be >= 1, got 0"):
         TrainingCheckpoint(every_n_train_steps=0)
+
+
+def test_a_killed_dreambooth_run_resumed_with_ckpt_path_ends_where_an_uninterrupted_one_does(
+    photos_dir, tmp_path, tiny_model_path
+):
+    """DreamBooth draws its noise and timesteps from the global RNG: the checkpoint's RNG states make
+    the resumed steps the uninterrupted ones (one batch per epoch, so every checkpoint is at an epoch end)."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    for name in ("astronaut", "coffee"):
+        shutil.copyfile(photos_dir / f"{name}.png", instance / f"{name}.png")
+
+    def args(root: Path, output: Path) -> list[str]:
+        return (
+            ["fit", "--config", str(CONFIGS / "dreambooth/lora.tiny.yaml"), "--data.instance_root", str(instance)]
+            + ["--data.class_root", str(tmp_path / "class"), "--data.num_class_images", "2", "--data.resolution", "32"]
+            + ["--model.class_generation_steps", "2", "--model.lora_rank", "2", "--model.output_dir", str(output)]
+            + ["--trainer.max_steps", "16", "--trainer.callbacks.init_args.every_n_train_steps", "2"]
+            + ["--trainer.default_root_dir", str(root), "--trainer.logger", "false"]
+            + QUIET
+        )
+
+    main(args(tmp_path / "uninterrupted", tmp_path / "uninterrupted-model"))  # also writes the class images
+    checkpoint = tmp_path / "killed/checkpoints/last.ckpt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_cat", *args(tmp_path / "killed", tmp_path / "unused")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not checkpoint.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    step = torch.load(checkpoint, weights_only=True)["global_step"]
+    assert 0 < step < 16 and not (tmp_path / "unused").exists()
+
+    resumed = main(args(tmp_path / "killed", tmp_path / "resumed-model") + ["--ckpt_path", str(checkpoint)])
+    assert resumed.trainer.global_step == 16
+    weights = {
+        run: load_file(tmp_path / f"{run}-model/pytorch_lora_weights.safetensors")
+        for run in ("resumed", "uninterrupted")
+    }
+    assert weights["resumed"].keys() == weights["uninterrupted"].keys()
+    for name, value in weights["resumed"].items():
+        assert torch.equal(value, weights["uninterrupted"][name]), name
