@@ -1,32 +1,14 @@
 """Experiment configuration: the grid, the stage configs it reuses, and its validation.
 
-An experiment names the grid axes and, per stage, the config files the single-stage commands
-take (so no option has a second copy)::
-
-    run_dir: runs/demo
-    model: tiny                      # pretrained_model_name_or_path of every stage
-    subjects:
-      photos: [skimage:astronaut, skimage:coffee, skimage:chelsea]   # or a folder of images
-      # or {images: set_B/, surrogate_clean: set_A/}: FSMG/ASPL fine-tune their surrogate on set_A
-    protections: [clean, advdm_plus, photoguard]
-    defenses: [none, cat:both, cdl, purify:jpeg+cdl]
-    customizations: [lora]
-    stages:                          # a file per name: a template with {name}, or a mapping
-      protect: ../protect/{name}.tiny.yaml
-      cat: ../cat/{name}.tiny.yaml
-      purify: ../purify/{name}.tiny.yaml
-      customize: {lora: ../dreambooth/lora.tiny.yaml}
-      sample: ../dreambooth/sample.tiny.yaml
-      evaluate: ../eval/metrics.tiny.yaml
-    trainer: {accelerator: cpu}      # Trainer options applied to every stage
-    sweep: {eps_255: [4, 8, 16]}     # optional: every protection at every combination of these options
-
+An experiment file names the grid axes and, per stage, the config files the single-stage commands
+take, so no option has a second copy (README's "Experiments" shows one; the entries are the typed
+parameters of :func:`experiment_options`, parsed by jsonargparse like the stage commands).
 ``clean`` (or ``none``) as a protection trains on the clean images (a sweep does not apply to it).
-A sweep multiplies the protection cells: ``advdm_plus`` becomes ``advdm_plus@eps_255=4`` and so on,
-each a protect stage with those options set, and the report plots every metric against the budget. Defense grammar: ``none``, or
-components joined by ``+`` among ``cdl``, ``cat:<variant>`` and ``purify:<name>`` (at most one
-of each), e.g. ``cat:both+cdl``, ``purify:jpeg+cdl``, ``purify:jpeg+cat:both`` (CAT is then
-trained on the purified images). Everything is checked before any stage runs.
+A sweep multiplies the protection cells: ``advdm_plus`` becomes ``advdm_plus@eps_255=4`` and so
+on. Defense grammar: ``none``, or components joined by ``+`` among ``cdl``, ``cat:<variant>`` and
+``purify:<name>`` (at most one of each), e.g. ``cat:both+cdl``, ``purify:jpeg+cat:both`` (CAT is
+then trained on the purified images). Types are checked by the parser; names, files and sweep
+values by the functions here, all before any stage runs.
 """
 
 from __future__ import annotations
@@ -126,23 +108,14 @@ class ProtectionCell:
 
 @dataclass
 class ExperimentConfig:
-    """A resolved, validated experiment (see the module docstring for the file format).
+    """A resolved, validated experiment: the entries of :func:`experiment_options` with names
+    parsed and paths made absolute.
 
     Attributes:
-        run_dir: where every stage's outputs, the results and the report go.
-        subjects: subject name -> image sources (folders, or ``skimage:<name>`` photographs).
-        protections: protection names (``clean``/``none`` or a protection method).
         defenses: parsed defenses.
-        customizations: customization names.
         stage_files: stage -> name -> config file (``sample``/``evaluate`` under the name ``""``).
-        model: ``pretrained_model_name_or_path`` given to every stage.
-        trainer: Trainer options applied to every stage.
-        subject_size: shorter side, in pixels, of materialized ``skimage:`` subject images.
-        seed: seed of every stage.
         source: the experiment file.
-        sweep: protection option -> the values every protection is run at (empty: no sweep).
-        surrogate_sets: subject -> a separate clean set of the subject that surrogate protections
-            fine-tune on (Anti-DreamBooth's set_A; the subject's images are the set protected).
+        surrogate_sets: subject -> the separate clean set its surrogate protections fine-tune on.
     """
 
     run_dir: str
