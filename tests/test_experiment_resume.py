@@ -78,6 +78,15 @@ def test_the_experiments_trainer_options_and_logger_reach_the_stage(tmp_path, ph
     assert not (stage / "checkpoints").exists()  # a finished stage keeps its outputs, not its checkpoints
 
 
+def test_the_experiment_can_turn_the_stage_checkpoints_off(tmp_path, photos_dir):
+    trainer = {"max_steps": 2, "enable_checkpointing": False, "logger": False}
+    _run_cat_stage(_experiment(tmp_path, photos_dir, tmp_path / "run", trainer))
+    stage = tmp_path / "run/cat/photos/clean/both"
+    assert yaml.safe_load((stage / "stage_config.yaml").read_text())["trainer"]["callbacks"] == []
+    assert (stage / "adapter/adapter_model.safetensors").is_file()
+    assert not list(stage.rglob("*.ckpt")) and not list(stage.rglob("metrics.csv"))  # logger: false honoured too
+
+
 def test_a_killed_cat_stage_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, photos_dir):
     killed = _experiment(tmp_path, photos_dir, tmp_path / "killed")
     partial = tmp_path / "killed/cat/photos/clean/both.partial"

@@ -146,7 +146,11 @@ class ExperimentPlan:
 
     @staticmethod
     def _resume(config: dict[str, Any], folder: Path) -> None:
-        """Put the stage's checkpoints in ``folder/checkpoints`` and resume from the last one there."""
+        """Put the stage's checkpoints in ``folder/checkpoints`` and resume from the last one there
+        (an experiment that sets ``trainer.enable_checkpointing: false`` drops them instead)."""
+        if config["trainer"].get("enable_checkpointing") is False:
+            drop_callback(config, TrainingCheckpoint)
+            return
         for callback in (config.get("trainer") or {}).get("callbacks") or []:
             if not (isinstance(callback, dict) and "class_path" in callback):
                 continue
