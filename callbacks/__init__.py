@@ -1,4 +1,4 @@
-"""Callbacks: metric evaluators, image and manifest writers."""
+"""Callbacks: metric evaluators, image and manifest writers, the training checkpoint."""
 
 from lightning_cat.callbacks.evaluator import MetricEvaluator
 from lightning_cat.callbacks.generated_image_evaluator import GeneratedImageEvaluator
@@ -8,6 +8,7 @@ from lightning_cat.callbacks.protected_image_evaluator import ProtectedImageEval
 from lightning_cat.callbacks.protected_image_writer import ProtectedImageWriter
 from lightning_cat.callbacks.purified_set_writer import PurifiedSetWriter
 from lightning_cat.callbacks.sample_writer import SampleWriter
+from lightning_cat.callbacks.training_checkpoint import TrainingCheckpoint
 
 __all__ = [
     "GeneratedImageEvaluator",
@@ -18,4 +19,5 @@ __all__ = [
     "ProtectedImageWriter",
     "PurifiedSetWriter",
     "SampleWriter",
+    "TrainingCheckpoint",
 ]

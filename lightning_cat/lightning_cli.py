@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 # Lightning's own CLI calls jsonargparse APIs that warn about their deprecation on every run.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 __all__ = ["LightningCatCLI", "lightning_main", "register_classes"]
 
@@ -50,6 +53,40 @@ class LightningCatCLI(LightningCLI):
         # jsonargparse instantiates components in the order they were added: data first.
         parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
         parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+
+    def before_instantiate_classes(self) -> None:
+        # A logger's relative save_dir lies inside trainer.default_root_dir, as Lightning's default
+        # logger does: configs write `save_dir: .` and their logs follow a changed default_root_dir.
+        trainer = self.config[self.config.subcommand].trainer if self.config.get("subcommand") else self.config.trainer
+        root = trainer.get("default_root_dir")
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            save_dir = logger.get("init_args.save_dir") if hasattr(logger, "get") else None
+            if root and save_dir is not None and not Path(save_dir).expanduser().is_absolute():
+                logger.init_args.save_dir = str(Path(root) / save_dir)
+
+    def _parse_ckpt_path(self) -> None:
+        """The parsed config wins over a ``ckpt_path``'s stored hyperparameters.
+
+        Lightning 2.6 re-applies the checkpoint's ``hyper_parameters`` over the config and the
+        command-line arguments, so a resumed run could not change any model option (a new
+        ``output_dir`` was ignored). Here the checkpoint gives the trained state only; options that
+        differ from the ones it was saved with are named in a warning.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        # mmap: only the hyperparameters are read here, not the weights.
+        stored = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
+        init_args = self.config[subcommand].get("model.init_args")
+        current = init_args.as_dict() if hasattr(init_args, "as_dict") else {}
+        changed = sorted(k for k, v in current.items() if k in stored and stored[k] != v)
+        if changed:
+            rank_zero_warn(
+                f"ckpt_path '{ckpt_path}': these model options differ from the checkpoint's and the new values "
+                f"are used: {changed}"
+            )
 
     def instantiate_classes(self) -> None:
         # jsonargparse wraps a constructor's exception in a generic "Does not validate against any

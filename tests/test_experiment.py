@@ -158,7 +158,13 @@ def test_grid_survives_a_kill_and_reruns_only_what_changed(experiment_file, tmp_
         (lambda c: c.update(defenses=["cdl+cdl"]), r"cannot read 'cdl'"),
         (lambda c: c["stages"].update(sample="missing.yaml"), r"stages.sample: 'missing.yaml' does not exist"),
         (lambda c: c.update(customizations=["full"]), r"stages.customize has no config for 'full'"),
-        (lambda c: c.update(budget=8), r"unknown entries \['budget'\]"),
+        (
+            lambda c: c.update(budget=8),
+            r"experiment --config .*yaml: Option 'budget' is not accepted; allowed: \['run_dir'",
+        ),
+        (lambda c: c.update(protections="advdm_plus"), r'Parser key "protections":\n  Expected a <class .list.>'),
+        (lambda c: c.update(seed="zero"), r'Parser key "seed":\n  Expected a <class .int.>'),
+        (lambda c: c["stages"].update(sampling="x.yaml"), r"Group 'stages' does not accept option 'sampling'"),
     ],
 )
 def test_bad_configs_are_rejected_before_any_stage(experiment_file, tmp_path, edit, match):

@@ -1,47 +1,32 @@
-"""``lightning-cat experiment``: run (or resume) a whole grid from one experiment YAML."""
+"""``lightning-cat experiment``: run (or resume) a whole grid from one experiment YAML.
+
+The experiment's entries are typed arguments (:func:`~lightning_cat.experiment.config.experiment_options`),
+so the command takes what the stage commands take: ``--print_config``, dotted overrides::
+
+    lightning-cat experiment --config configs/experiment/demo.yaml --plan
+    lightning-cat experiment --config configs/experiment/demo.yaml --trainer.max_steps 3 --protections '[clean]'
+"""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["experiment_main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lightning-cat experiment",
-        description="Run the protocol protect -> defend -> customize -> sample -> evaluate over a grid. "
-        "Re-running resumes: finished stages are skipped, stages whose config changed are redone.",
-    )
-    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/experiment/demo.yaml)")
-    parser.add_argument("--run_dir", default=None, help="override the config's run_dir")
-    parser.add_argument("--overwrite", action="store_true", help="redo every stage")
-    parser.add_argument(
-        "--stage_process",
-        choices=["auto", "inprocess", "subprocess"],
-        default="auto",
-        help="run stages in this process or in subprocesses (auto: subprocesses only when the Trainer "
-        "options need a re-executing launcher, e.g. devices > 1 with strategy ddp)",
-    )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show each stage's own output (default: it goes to stage.log in the stage's folder)",
-    )
-    parser.add_argument("--plan", action="store_true", help="list the stages and whether they are done, then exit")
-    return parser
-
-
 def experiment_main(args: Sequence[str]) -> None:
     """Entry point of ``lightning-cat experiment``."""
-    options = _parser().parse_args(list(args))
-    from lightning_cat.experiment.config import load_experiment_config
+    from lightning_cat.experiment.config import ExperimentConfigError, experiment_parser, resolve_experiment
     from lightning_cat.experiment.runner import ExperimentRunner
 
-    # Planning reads config files only: a paper's grid can be listed before its subjects exist.
-    config = load_experiment_config(options.config, {"run_dir": options.run_dir}, require_subjects=not options.plan)
+    parser = experiment_parser()
+    options = parser.parse_args(list(args))  # a bad type or entry: usage and the error, exit status 2
+    try:
+        # Planning reads config files only: a paper's grid can be listed before its subjects exist.
+        config = resolve_experiment(options, require_subjects=not options.plan)
+    except ExperimentConfigError as error:
+        parser.error(str(error))
     runner = ExperimentRunner(
         config, overwrite=options.overwrite, stage_process=options.stage_process, verbose=options.verbose
     )

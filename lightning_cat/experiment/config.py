@@ -1,42 +1,27 @@
 """Experiment configuration: the grid, the stage configs it reuses, and its validation.
 
-An experiment names the grid axes and, per stage, the config files the single-stage commands
-take (so no option has a second copy)::
-
-    run_dir: runs/demo
-    model: tiny                      # pretrained_model_name_or_path of every stage
-    subjects:
-      photos: [skimage:astronaut, skimage:coffee, skimage:chelsea]   # or a folder of images
-      # or {images: set_B/, surrogate_clean: set_A/}: FSMG/ASPL fine-tune their surrogate on set_A
-    protections: [clean, advdm_plus, photoguard]
-    defenses: [none, cat:both, cdl, purify:jpeg+cdl]
-    customizations: [lora]
-    stages:                          # a file per name: a template with {name}, or a mapping
-      protect: ../protect/{name}.tiny.yaml
-      cat: ../cat/{name}.tiny.yaml
-      purify: ../purify/{name}.tiny.yaml
-      customize: {lora: ../dreambooth/lora.tiny.yaml}
-      sample: ../dreambooth/sample.tiny.yaml
-      evaluate: ../eval/metrics.tiny.yaml
-    trainer: {accelerator: cpu}      # Trainer options applied to every stage
-    sweep: {eps_255: [4, 8, 16]}     # optional: every protection at every combination of these options
-
+An experiment file names the grid axes and, per stage, the config files the single-stage commands
+take, so no option has a second copy (README's "Experiments" shows one; the entries are the typed
+parameters of :func:`experiment_options`, parsed by jsonargparse like the stage commands).
 ``clean`` (or ``none``) as a protection trains on the clean images (a sweep does not apply to it).
-A sweep multiplies the protection cells: ``advdm_plus`` becomes ``advdm_plus@eps_255=4`` and so on,
-each a protect stage with those options set, and the report plots every metric against the budget. Defense grammar: ``none``, or
-components joined by ``+`` among ``cdl``, ``cat:<variant>`` and ``purify:<name>`` (at most one
-of each), e.g. ``cat:both+cdl``, ``purify:jpeg+cdl``, ``purify:jpeg+cat:both`` (CAT is then
-trained on the purified images). Everything is checked before any stage runs.
+A sweep multiplies the protection cells: ``advdm_plus`` becomes ``advdm_plus@eps_255=4`` and so
+on. Defense grammar: ``none``, or components joined by ``+`` among ``cdl``, ``cat:<variant>`` and
+``purify:<name>`` (at most one of each), e.g. ``cat:both+cdl``, ``purify:jpeg+cat:both`` (CAT is
+then trained on the purified images). Types are checked by the parser; names, files and sweep
+values by the functions here, all before any stage runs.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
 __all__ = [
     "CLEAN_PROTECTIONS",
@@ -44,8 +29,14 @@ __all__ = [
     "ProtectionCell",
     "ExperimentConfig",
     "ExperimentConfigError",
+    "StageFiles",
+    "SubjectSets",
+    "experiment_options",
+    "experiment_parser",
     "load_experiment_config",
     "parse_defense",
+    "parse_experiment_args",
+    "resolve_experiment",
 ]
 
 SKIMAGE_PREFIX = "skimage:"
@@ -117,23 +108,14 @@ class ProtectionCell:
 
 @dataclass
 class ExperimentConfig:
-    """A resolved, validated experiment (see the module docstring for the file format).
+    """A resolved, validated experiment: the entries of :func:`experiment_options` with names
+    parsed and paths made absolute.
 
     Attributes:
-        run_dir: where every stage's outputs, the results and the report go.
-        subjects: subject name -> image sources (folders, or ``skimage:<name>`` photographs).
-        protections: protection names (``clean``/``none`` or a protection method).
         defenses: parsed defenses.
-        customizations: customization names.
         stage_files: stage -> name -> config file (``sample``/``evaluate`` under the name ``""``).
-        model: ``pretrained_model_name_or_path`` given to every stage.
-        trainer: Trainer options applied to every stage.
-        subject_size: shorter side, in pixels, of materialized ``skimage:`` subject images.
-        seed: seed of every stage.
         source: the experiment file.
-        sweep: protection option -> the values every protection is run at (empty: no sweep).
-        surrogate_sets: subject -> a separate clean set of the subject that surrogate protections
-            fine-tune on (Anti-DreamBooth's set_A; the subject's images are the set protected).
+        surrogate_sets: subject -> the separate clean set its surrogate protections fine-tune on.
     """
 
     run_dir: str
@@ -166,19 +148,108 @@ class ExperimentConfig:
         return self.stage_files[stage][name]
 
 
-_TOP_LEVEL = (
-    "run_dir",
-    "subjects",
-    "protections",
-    "defenses",
-    "customizations",
-    "stages",
-    "model",
-    "trainer",
-    "subject_size",
-    "seed",
-    "sweep",
-)
+@dataclass
+class SubjectSets:
+    """A subject given as a mapping: the images protected and, optionally, a separate clean set.
+
+    Args:
+        images: the subject's images (a folder, ``skimage:<name>`` photographs, or a list of them).
+        surrogate_clean: a separate clean set of the subject that FSMG/ASPL fine-tune their
+            surrogate on (Anti-DreamBooth's set_A).
+    """
+
+    images: str | list[str]
+    surrogate_clean: str | list[str] | None = None
+
+
+@dataclass
+class StageFiles:
+    """The config file of each single-stage command, relative to the experiment file.
+
+    Args:
+        protect: a template with ``{name}`` or a mapping protection -> file.
+        cat: a template with ``{name}`` or a mapping CAT variant -> file.
+        purify: a template with ``{name}`` or a mapping purifier -> file.
+        customize: a template with ``{name}`` or a mapping customization -> file.
+        sample: the sampling config.
+        evaluate: the evaluation config.
+    """
+
+    protect: str | dict[str, str] | None = None
+    cat: str | dict[str, str] | None = None
+    purify: str | dict[str, str] | None = None
+    customize: str | dict[str, str] | None = None
+    sample: str | None = None
+    evaluate: str | None = None
+
+
+def experiment_options(
+    run_dir: str,
+    subjects: dict[str, str | list[str] | SubjectSets],
+    protections: list[str],
+    defenses: list[str],
+    customizations: list[str],
+    stages: StageFiles,
+    model: str = "tiny",
+    trainer: dict[str, Any] | None = None,
+    subject_size: int = 80,
+    seed: int = 0,
+    sweep: dict[str, list[int | float]] | None = None,
+) -> None:
+    """The entries of an experiment file (the schema of ``lightning-cat experiment``).
+
+    Args:
+        run_dir: where every stage's outputs, the results and the report go.
+        subjects: subject name -> a folder of images, ``skimage:<name>`` photographs, a list of them,
+            or ``{images: ..., surrogate_clean: ...}``.
+        protections: ``clean`` (or ``none``) and protection methods.
+        defenses: ``none``, or ``cdl``, ``cat:<variant>``, ``purify:<name>`` joined by ``+``.
+        customizations: customization names (each needs a ``stages.customize`` file).
+        stages: the single-stage config file of each stage.
+        model: ``pretrained_model_name_or_path`` of every stage.
+        trainer: Trainer options applied to every stage (e.g. ``{accelerator: gpu, max_steps: 3}``).
+        subject_size: shorter side, in pixels, of materialized ``skimage:`` subject images.
+        seed: seed of every stage.
+        sweep: protection option -> the values every protection is run at.
+    """
+
+
+def experiment_parser() -> ArgumentParser:
+    """The parser of ``lightning-cat experiment``: ``--config``, the experiment's entries (typed, with
+    dotted overrides such as ``--trainer.max_steps 3``, and ``--print_config``) and the run options."""
+    parser = ArgumentParser(
+        prog="lightning-cat experiment",
+        description="Run the protocol protect -> defend -> customize -> sample -> evaluate over a grid. "
+        "Re-running resumes: finished stages are skipped, a killed training stage continues from its last "
+        "checkpoint, stages whose config changed are redone.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="experiment YAML (e.g. configs/experiment/demo.yaml)")
+    parser.add_function_arguments(experiment_options, as_group=False)
+    # How to run it (not part of the experiment's fingerprint):
+    parser.add_argument("--overwrite", action="store_true", help="redo every stage")
+    parser.add_argument(
+        "--stage_process",
+        type=Literal["auto", "inprocess", "subprocess"],
+        default="auto",
+        help="run stages in this process or in subprocesses (auto: subprocesses only when the Trainer "
+        "options need a re-executing launcher, e.g. devices > 1 with strategy ddp)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show each stage's output (default: its stage.log)")
+    parser.add_argument("--plan", action="store_true", help="list the stages and whether they are done, then exit")
+    return parser
+
+
+def parse_experiment_args(args: list[str]) -> Namespace:
+    """Parse experiment arguments; a bad type or entry raises :class:`ExperimentConfigError`."""
+    parser = experiment_parser()
+    parser.exit_on_error = False
+    try:
+        return parser.parse_args(args)
+    except ArgumentError as error:
+        message = str(error)
+        if "not accepted" in message or "does not accept" in message:
+            message += f"; allowed: {list(inspect.signature(experiment_options).parameters)}"
+        raise ExperimentConfigError(f"experiment {' '.join(args)}: {message}") from None
 
 
 def _existing(path: str, base: Path, what: str) -> str:
@@ -189,13 +260,12 @@ def _existing(path: str, base: Path, what: str) -> str:
     raise ExperimentConfigError(f"{what}: '{path}' does not exist (relative paths are read from '{base}')")
 
 
-def _sources(spec: Any, base: Path, subject: str, required: bool) -> list[str]:
-    items = [spec] if isinstance(spec, str) else list(spec or [])
+def _sources(spec: str | list[str], base: Path, subject: str, required: bool) -> list[str]:
+    items = [spec] if isinstance(spec, str) else spec
     if not items:
         raise ExperimentConfigError(f"subject {subject!r} lists no images")
     return [
-        str(item) if str(item).startswith(SKIMAGE_PREFIX) else _subject_source(str(item), base, subject, required)
-        for item in items
+        item if item.startswith(SKIMAGE_PREFIX) else _subject_source(item, base, subject, required) for item in items
     ]
 
 
@@ -206,73 +276,66 @@ def _subject_source(path: str, base: Path, subject: str, required: bool) -> str:
     return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
 
 
-def _stage_file(spec: Any, name: str, base: Path, stage: str) -> str:
+def _stage_file(spec: str | dict[str, str] | None, name: str, base: Path, stage: str) -> str:
     if isinstance(spec, dict):
         if name not in spec:
             raise ExperimentConfigError(f"stages.{stage} has no config for {name!r}; configured: {sorted(spec)}")
-        return _existing(str(spec[name]), base, f"stages.{stage}.{name}")
+        return _existing(spec[name], base, f"stages.{stage}.{name}")
     if isinstance(spec, str) and "{name}" in spec:
         return _existing(spec.format(name=name), base, f"stages.{stage} for {name!r}")
     raise ExperimentConfigError(f"stages.{stage} must be a mapping name -> file or a path template with {{name}}")
 
 
 def _names(raw: dict[str, Any], key: str) -> list[str]:
-    value = raw.get(key)
-    names = [value] if isinstance(value, str) else list(value or [])
+    names = raw[key]
     if not names:
         raise ExperimentConfigError(f"'{key}' must list at least one name")
-    if len(set(map(str, names))) != len(names):
+    if len(set(names)) != len(names):
         raise ExperimentConfigError(f"'{key}' lists a name twice: {names}")
-    return [str(n) for n in names]
+    return names
 
 
 def load_experiment_config(
     path: str | os.PathLike, overrides: dict[str, Any] | None = None, *, require_subjects: bool = True
 ) -> ExperimentConfig:
-    """Read, resolve and validate an experiment YAML file (``overrides`` replace top-level entries).
+    """Read, type-check, resolve and validate an experiment YAML file.
 
-    Relative paths resolve against the experiment file's folder. Protection, CAT-variant and
-    purifier names are checked against the library's registries, and each named stage config
-    must exist (and, for protections, configure that method). With ``require_subjects=False``
-    subject folders may be missing (to plan a paper's grid before its data is in place).
+    Args:
+        path: the experiment file.
+        overrides: entries that replace the file's (``None`` values are ignored).
+        require_subjects: subject folders must exist (planning alone does not need them).
 
     Raises:
-        ExperimentConfigError: naming the first invalid entry and what is allowed.
+        ExperimentConfigError: naming the entry at fault and the allowed values.
     """
-    from lightning_cat.cat.adapter import CAT_VARIANTS
+    args = ["--config", str(path)]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            args += [f"--{key}", json.dumps(value)]
+    return resolve_experiment(parse_experiment_args(args), require_subjects=require_subjects)
+
+
+def resolve_experiment(options: Namespace, *, require_subjects: bool = True) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of parsed arguments: names checked against the registries, files
+    found (relative to the last ``--config`` file's folder, else the working directory).
+
+    Raises:
+        ExperimentConfigError: naming the entry at fault and the allowed values.
+    """
+    from lightning_cat.cat import CAT_VARIANTS
     from lightning_cat.protections import PROTECTIONS
     from lightning_cat.purification import PURIFIERS
 
-    source = Path(path)
-    if not source.is_file():
-        raise ExperimentConfigError(f"experiment config '{source}' does not exist")
-    raw = yaml.safe_load(source.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ExperimentConfigError(f"experiment config '{source}' must be a mapping")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = sorted(set(raw) - set(_TOP_LEVEL))
-    if unknown:
-        raise ExperimentConfigError(
-            f"experiment config '{source}': unknown entries {unknown}; allowed: {list(_TOP_LEVEL)}"
-        )
-    if not raw.get("run_dir"):
-        raise ExperimentConfigError(f"experiment config '{source}' needs 'run_dir'")
-    base = source.resolve().parent
-    stages = raw.get("stages") or {}
-    unknown = sorted(set(stages) - set(_GROUPS + _SINGLE))
-    if unknown:
-        raise ExperimentConfigError(f"stages: unknown entries {unknown}; allowed: {list(_GROUPS + _SINGLE)}")
+    raw = options.as_dict()
+    configs = options.get("config") or []
+    source = Path(configs[-1].absolute) if configs else None
+    base = source.parent if source else Path.cwd()
+    stages = {key: value for key, value in raw["stages"].items() if value is not None}
 
     subjects: dict[str, list[str]] = {}
     surrogate_sets: dict[str, list[str]] = {}
-    for name, spec in (raw.get("subjects") or {}).items():
-        name = str(name)
+    for name, spec in raw["subjects"].items():
         if isinstance(spec, dict):
-            unknown = sorted(set(spec) - {"images", "surrogate_clean"})
-            if unknown or "images" not in spec:
-                raise ExperimentConfigError(
-                    f"subject {name!r}: a mapping takes 'images' and optionally 'surrogate_clean', got {sorted(spec)}"
-                )
             if spec.get("surrogate_clean"):
                 surrogate_sets[name] = _sources(
                     spec["surrogate_clean"], base, f"{name}.surrogate_clean", require_subjects
@@ -314,47 +377,41 @@ def load_experiment_config(
         files[stage] = {"": _existing(str(stages[stage]), base, f"stages.{stage}")}
 
     return ExperimentConfig(
-        run_dir=str(raw["run_dir"]),
+        run_dir=raw["run_dir"],
         subjects=subjects,
         surrogate_sets=surrogate_sets,
         protections=protections,
         defenses=defenses,
         customizations=customizations,
         stage_files=files,
-        model=str(raw.get("model", "tiny")),
-        trainer=dict(raw.get("trainer") or {}),
-        subject_size=int(raw.get("subject_size", 80)),
-        seed=int(raw.get("seed", 0)),
-        source=str(source.resolve()),
+        model=raw["model"],
+        trainer=dict(raw["trainer"] or {}),
+        subject_size=raw["subject_size"],
+        seed=raw["seed"],
+        source=str(source) if source else None,
         sweep=sweep,
     )
 
 
-def _sweep(raw: Any, methods: list[str]) -> dict[str, list[float]]:
-    """The sweep mapping, checked: protection options with non-empty lists of numbers that every
-    swept method takes and accepts (so a bad budget fails here, before any stage runs)."""
+def _sweep(raw: dict[str, list[int | float]] | None, methods: list[str]) -> dict[str, list[int | float]]:
+    """The sweep mapping, checked: protection options with non-empty lists of distinct numbers that
+    every swept method takes and accepts (so a bad budget fails here, before any stage runs)."""
     from lightning_cat.protections import protection_option_names, resolve_protection_options
 
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or not raw:
+    if not raw:
         raise ExperimentConfigError("sweep must map protection options to lists of values, e.g. {eps_255: [4, 8, 16]}")
     known = sorted(protection_option_names())
-    sweep = {}
     for key, values in raw.items():
         if key not in known:
             raise ExperimentConfigError(f"sweep: {key!r} is not a protection option; options: {known}")
-        values = values if isinstance(values, list) else [values]
-        if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            raise ExperimentConfigError(f"sweep.{key} must be a non-empty list of numbers, got {values!r}")
-        if len(set(values)) != len(values):
-            raise ExperimentConfigError(f"sweep.{key} lists a value twice: {values}")
-        sweep[str(key)] = list(values)
-    for method in methods:
-        for key, values in sweep.items():
+        if not values or len(set(values)) != len(values):
+            raise ExperimentConfigError(f"sweep.{key} must list distinct numbers, got {values!r}")
+        for method in methods:
             for value in values:
                 try:
                     resolve_protection_options(method, **{key: value})
                 except ValueError as error:
                     raise ExperimentConfigError(f"sweep.{key}={value!r} for {method!r}: {error}") from None
-    return sweep
+    return raw

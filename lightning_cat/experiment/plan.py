@@ -36,7 +36,9 @@ from lightning_cat.callbacks import (
     ProtectedImageEvaluator,
     PurifiedSetWriter,
     SampleWriter,
+    TrainingCheckpoint,
 )
+from lightning_cat.callbacks.training_checkpoint import LAST_CHECKPOINT
 from lightning_cat.experiment.config import Defense, ExperimentConfig, ProtectionCell
 from lightning_cat.experiment.stages import (
     add_callback,
@@ -45,8 +47,9 @@ from lightning_cat.experiment.stages import (
     drop_callback,
     load_stage_config,
     model_args,
+    resolve_class,
 )
-from lightning_cat.experiment.store import StageResult, StageStore, file_fingerprint, fingerprint
+from lightning_cat.experiment.store import CHECKPOINTS, StageResult, StageStore, file_fingerprint, fingerprint
 from lightning_cat.experiment.subjects import materialize_subject, subject_fingerprint
 from lightning_cat.protections import protection_class
 
@@ -126,20 +129,39 @@ class ExperimentPlan:
     # ------------------------------------------------------------------ stage configs
 
     def _stage_config(self, stage: str, name: str, folder: Path, *, with_model: bool = True) -> dict[str, Any]:
-        """The stage's own config with the run-wide overrides (model, seed, Trainer, logs)."""
+        """The stage's own config with the run-wide overrides (model, seed, the experiment's Trainer
+        options), its logs and checkpoints placed in its folder, and a resume from the checkpoint a
+        killed run of the stage left there."""
         config = load_stage_config(self.config.stage_file(stage, name))
         config["seed_everything"] = self.config.seed
         trainer = config.setdefault("trainer", {})
         trainer.update(self.config.trainer)
-        trainer["default_root_dir"] = str(folder / "logs")
-        trainer["enable_checkpointing"] = False
-        trainer["logger"] = {
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": str(folder / "logs"), "name": "", "version": ""},
-        }
+        # The stage file's default_root_dir is for running it alone; the experiment's own wins.
+        # Loggers with a relative save_dir (the configs' `.`) follow it into the stage folder.
+        trainer["default_root_dir"] = self.config.trainer.get("default_root_dir", str(folder / "logs"))
         if with_model and "pretrained_model_name_or_path" in model_args(config):
             model_args(config)["pretrained_model_name_or_path"] = self.config.model
+        self._resume(config, folder)
         return config
+
+    @staticmethod
+    def _resume(config: dict[str, Any], folder: Path) -> None:
+        """Put the stage's checkpoints in ``folder/checkpoints`` and resume from the last one there
+        (an experiment that sets ``trainer.enable_checkpointing: false`` drops them instead)."""
+        if config["trainer"].get("enable_checkpointing") is False:
+            drop_callback(config, TrainingCheckpoint)
+            return
+        for callback in (config.get("trainer") or {}).get("callbacks") or []:
+            if not (isinstance(callback, dict) and "class_path" in callback):
+                continue
+            if not issubclass(resolve_class(callback["class_path"]), TrainingCheckpoint):
+                continue
+            init_args = callback.setdefault("init_args", {})
+            init_args.setdefault("dirpath", str(folder / CHECKPOINTS))
+            last = Path(init_args["dirpath"]) / LAST_CHECKPOINT
+            if last.is_file() and last.resolve().is_relative_to(folder.resolve()):
+                config["ckpt_path"] = str(last)
+                config["weights_only"] = True
 
     def _common(self, stage: str, name: str = "") -> dict[str, Any]:
         return {

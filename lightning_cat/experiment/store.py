@@ -5,7 +5,8 @@ Every stage of an experiment writes into its own folder of the run directory. A 
 marker holding its fingerprint (a hash of everything that determines its outputs: options, the
 content of its config file, the fingerprints of the stages it reads). Re-running skips a stage
 whose marker matches, redoes one whose fingerprint changed, and discards leftovers of a stage
-that was interrupted.
+that was interrupted, except its training checkpoints (``checkpoints/``, with its logs): a re-run
+of the same stage resumes from them. A finished stage keeps its outputs, not its checkpoints.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ from typing import Any
 
 from lightning_cat.atomic import atomic_write_json, replace_dir
 
-__all__ = ["MARKER", "StageResult", "StageStore", "fingerprint", "file_fingerprint"]
+__all__ = ["CHECKPOINTS", "MARKER", "StageResult", "StageStore", "fingerprint", "file_fingerprint"]
 
 MARKER = ".stage.json"
+#: Marker of a stage's ``.partial`` folder: the fingerprint of the run that writes it.
+STARTED = ".stage-started.json"
+#: Folder of a stage's training checkpoints; a re-run of the same stage resumes from them.
+CHECKPOINTS = "checkpoints"
+#: What an interrupted run of a stage keeps for the one that resumes it.
+RESUMABLE = (CHECKPOINTS, "logs", "stage.log", STARTED)
 
 
 def fingerprint(value: Any) -> str:
@@ -92,13 +99,36 @@ class StageStore:
         if not self.overwrite and self.is_complete(key, stage_fingerprint):
             return StageResult(final, stage_fingerprint, skipped=True, info=self.marker(*key).get("info", {}))
         partial = final.with_name(final.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        self._prepare(partial, stage_fingerprint)
         started = time.time()
         info = work(partial) or {}
+        shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)  # the outputs are the result
+        (partial / STARTED).unlink()
         atomic_write_json(
             partial / MARKER,
             {"fingerprint": stage_fingerprint, "seconds": round(time.time() - started, 3), "info": info},
         )
         replace_dir(partial, final)
         return StageResult(final, stage_fingerprint, skipped=False, info=info)
+
+    def _prepare(self, partial: Path, stage_fingerprint: str) -> None:
+        """An empty ``partial`` folder, or, when an interrupted run of the same stage left checkpoints
+        there, the folder with only its checkpoints, logs and console log kept (the run resumes)."""
+        started = partial / STARTED
+        same = (
+            not self.overwrite
+            and (partial / CHECKPOINTS).is_dir()
+            and started.is_file()
+            and json.loads(started.read_text()).get("fingerprint") == stage_fingerprint
+        )
+        if not same:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        for entry in partial.iterdir():
+            if entry.name in RESUMABLE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        atomic_write_json(started, {"fingerprint": stage_fingerprint})

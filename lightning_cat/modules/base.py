@@ -26,7 +26,14 @@ from lightning.pytorch import LightningModule
 from lightning_cat.diffusion import DiffusionComponents, check_model_name, load_components, weight_dtype
 from lightning_cat.options import check_arguments
 
-__all__ = ["SHARED_OPTION_RULES", "DiffusionModule", "LightningCatModule"]
+__all__ = [
+    "RNG_STATES_KEY",
+    "SHARED_OPTION_RULES",
+    "DiffusionModule",
+    "LightningCatModule",
+    "restore_rng_states",
+    "rng_states",
+]
 
 #: The rules of options several modules take: one name per concept across modules, so one rule.
 SHARED_OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -78,8 +85,9 @@ class DiffusionModule(LightningCatModule):
 
     * under ``*-mixed`` precision, frozen weights are cast to the half dtype at ``setup`` while
       trainable ones (LoRA, fine-tuned layers) stay fp32, as the diffusers training scripts do;
-    * checkpoints hold only trainable weights and everything that is not a pretrained part; the
-      frozen ones reload from ``pretrained_model_name_or_path``.
+    * checkpoints hold only trainable weights and everything that is not a pretrained part (the
+      frozen ones reload from ``pretrained_model_name_or_path``), plus the RNG states; loading one
+      that lacks a trainable weight fails.
     """
 
     #: Attributes holding frozen pretrained weights (left out of checkpoints).
@@ -138,9 +146,51 @@ class DiffusionModule(LightningCatModule):
         if str(self.trainer.precision).endswith("-mixed"):
             self.cast_frozen_weights()
 
+    # ------------------------------------------------------------------ checkpoints
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights (frozen pretrained parts reload from the model) and add the RNG
+        states, so a resumed run draws the noise the uninterrupted one would have drawn."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         prefixes = tuple(f"{part}." for part in self.pretrained_parts)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(prefixes) and k not in trainable]:
             del state[key]
+        checkpoint[RNG_STATES_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint that lacks a trainable weight (``strict_loading`` is off for the frozen
+        ones); restore the RNG states it holds.
+
+        Raises:
+            KeyError: naming the trainable weights the checkpoint does not hold.
+        """
+        missing = [
+            name for name, p in self.named_parameters() if p.requires_grad and name not in checkpoint["state_dict"]
+        ]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__}: the checkpoint lacks {len(missing)} trainable weights "
+                f"(e.g. {missing[:3]}); was it saved with other options (lora_rank, finetune, adapter_variant)?"
+            )
+        if RNG_STATES_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_STATES_KEY])
+
+
+#: Checkpoint entry holding the torch RNG states (plain tensors: loadable with ``weights_only=True``).
+RNG_STATES_KEY = "lightning_cat_rng_states"
+
+
+def rng_states() -> dict[str, Any]:
+    """The torch CPU and CUDA generator states, as tensors."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Set the generators to ``states`` (from :func:`rng_states`); CUDA states only where CUDA runs."""
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
