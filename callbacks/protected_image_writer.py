@@ -11,8 +11,13 @@ Before any model loads (the ``setup`` hook runs before the module's), the output
 checked with :func:`lightning_cat.imageset.prepare_output_dir`: a folder holding a different
 set fails unless ``overwrite``. Each protected image is saved atomically and measured from the
 saved file against its clean, identically preprocessed source (``linf_255``, ``l2_255``,
-``psnr``). At the end of ``fit`` the measurements of all ranks are gathered and rank 0 writes
-the manifest (method, params, eps_255, resolution, preprocessing, seed, model, files, version).
+``psnr``), then journaled (:func:`lightning_cat.imageset.record_finished_image`). At the end of
+``fit`` the measurements of all ranks are gathered and rank 0 writes the manifest (method, params,
+eps_255, resolution, preprocessing, seed, model, inputs, files, version), which replaces the journal.
+
+Resume: a run killed after some images re-runs with the same settings into the same folder; the
+images it journaled under the same identity (inputs included) and that are unchanged on disk are
+kept as they are and not recomputed (per-image methods; surrogate methods redo their coupled set).
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_cat.images import save_png
-from lightning_cat.imageset import measure_saved_image, prepare_output_dir, write_manifest
+from lightning_cat.imageset import (
+    finished_images,
+    measure_saved_image,
+    prepare_output_dir,
+    record_finished_image,
+    write_manifest,
+)
 
 __all__ = ["ProtectedImageWriter"]
 
@@ -59,16 +70,22 @@ class ProtectedImageWriter(Callback):
         error = trainer.strategy.broadcast(error, src=0)
         if error is not None:
             raise FileExistsError(error)
-        self.records = {}
+        resumable = getattr(pl_module, "resumes_per_image", False)
+        self.records = finished_images(self.output_dir, self.identity) if resumable else {}
+        if hasattr(pl_module, "finished_keys"):
+            pl_module.finished_keys = set(self.records)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        protected = outputs["protected"]
-        for image, clean, key, source in zip(protected, batch["image"], outputs["keys"], batch["path"], strict=True):
+        position = {Path(source).stem: i for i, source in enumerate(batch["path"])}
+        for image, key in zip(outputs["protected"], outputs["keys"], strict=True):
+            index = position[key]
             path = self.output_dir / f"{key}.png"
             save_png(image.cpu(), path)
-            self.records[key] = {"source": str(source), **measure_saved_image(path, clean.cpu())}
+            record = {"source": str(batch["path"][index]), **measure_saved_image(path, batch["image"][index].cpu())}
+            record_finished_image(self.output_dir, key, self.identity, record)
+            self.records[key] = record
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         records = dict(self.records)

@@ -18,8 +18,8 @@ refused unless ``overwrite``). Each image is saved as ``<stem>.png`` as soon as 
 done and measured against its (identically preprocessed) source image; the manifest is written
 last, by rank 0, once every image of the set exists. It records ``method`` (``purify:<name>``),
 ``params`` (the purifier's options and the source folder), ``resolution``, ``preprocessing``,
-``seed``, ``model``, ``purifier``, ``source`` (folder and its manifest, e.g. the protection's)
-and ``files`` (per stem: source path, ``linf_255`` and ``psnr`` against the source).
+``seed``, ``model``, ``inputs`` (stem and content hash of every source image), ``purifier``,
+``source`` (folder and its manifest, e.g. the protection's) and ``files`` (per stem: source path, ``linf_255`` and ``psnr`` against the source).
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_cat.images import ImageTransform, save_png
-from lightning_cat.imageset import measure_saved_image, prepare_output_dir, read_manifest, write_manifest
+from lightning_cat.imageset import (
+    input_hashes,
+    measure_saved_image,
+    prepare_output_dir,
+    read_manifest,
+    write_manifest,
+)
 from lightning_cat.purification.base import Purifier
 
 __all__ = ["PurifiedSetWriter"]
@@ -105,6 +111,7 @@ class PurifiedSetWriter(Callback):
                 "preprocessing": transform.to_dict(),
                 "seed": getattr(pl_module, "seed", None),
                 "model": getattr(purifier, "pretrained_model_name_or_path", None),
+                "inputs": input_hashes(_dataset_files(datamodule)),
                 "purifier": purifier.params(),
                 "source": {"folder": str(source), "manifest": read_manifest(source)},
             }

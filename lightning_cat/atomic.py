@@ -17,7 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "check_output_dir", "replace_dir", "staged_dir", "staging_dir"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "check_output_dir",
+    "check_writable",
+    "replace_dir",
+    "staged_dir",
+    "staging_dir",
+]
 
 
 def _umask() -> int:
@@ -69,18 +77,52 @@ def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
+def check_writable(directory: str | os.PathLike, *, owner: str = "output_dir") -> Path:
+    """Check that files can be created in ``directory`` (or, if it does not exist yet, in the
+    nearest existing folder above it) by creating and removing a probe file; call it before any
+    expensive work. Nothing is left behind and no folder is created.
+
+    Raises:
+        FileExistsError: if ``directory`` or a folder above it is a file.
+        PermissionError: if no file can be created there, naming the folder.
+    """
+    target = Path(directory).expanduser()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == target else f"lies under the file '{existing}'"
+        raise FileExistsError(f"{owner} '{target}' {where}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        where = "" if existing == target else f" (it does not exist and cannot be created in '{existing}')"
+        raise PermissionError(
+            f"{owner} '{target}' is not writable{where}: {error.strerror or error}; "
+            "make it writable or choose another folder"
+        ) from None
+    return target
+
+
 def check_output_dir(directory: str | os.PathLike, overwrite: bool = False, *, owner: str = "output_dir") -> Path:
-    """Refuse an existing, non-empty ``directory`` unless ``overwrite`` (call before training).
+    """Refuse an existing, non-empty ``directory`` unless ``overwrite``, or one that cannot be
+    written (:func:`check_writable`: it, and the folder its replacement is staged in); call before
+    training.
 
     Raises:
         FileExistsError: naming the folder.
+        PermissionError: naming the folder.
     """
     target = Path(directory).expanduser()
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{owner} '{target}' is a file")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{owner} '{target}' already exists and is not empty; choose another folder or overwrite")
-    return target
+    if target.exists():  # the new folder is staged beside it and renamed onto it
+        check_writable(target.parent, owner=f"the folder of {owner}")
+    return check_writable(target, owner=owner)
 
 
 @contextmanager

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +62,10 @@ _PIL_INTERPOLATION = {
     "lanczos": Image.Resampling.LANCZOS,
     "nearest": Image.Resampling.NEAREST,
 }
+
+
+#: What PIL's decoders raise on a damaged file (a truncated PNG chunk surfaces as ``struct.error``).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
 class ImageInputError(ValueError):
@@ -120,7 +126,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open ``path`` as an 8-bit RGB PIL image (see the module docstring for conversions).
+    """Open and fully decode ``path`` as an 8-bit RGB PIL image (see the module docstring for conversions).
+
+    Every reader of user images goes through here, so a truncated or empty file fails as the same
+    :class:`ImageInputError` naming it, wherever it is read.
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -134,8 +143,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             opened.load()
             image = ImageOps.exif_transpose(opened)
             image = _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageInputError(f"cannot decode image '{path}': {error}") from error
+    except _DECODE_ERRORS as error:
+        reason = str(error) or type(error).__name__
+        raise ImageInputError(f"cannot decode image '{path}' (truncated, empty or not an image?): {reason}") from error
     if image.width < 1 or image.height < 1:
         raise ImageInputError(f"image '{path}' is empty ({image.width}x{image.height})")
     return image

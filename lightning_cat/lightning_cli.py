@@ -91,15 +91,27 @@ class LightningCatCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         # jsonargparse wraps a constructor's exception in a generic "Does not validate against any
         # of the Union subtypes" ValueError; surface the constructor's own message instead.
+        # Unwrap only jsonargparse's own wrappers: the library's error (e.g. an ImageInputError naming
+        # a truncated file) is the message, not the PIL error it was raised from.
         try:
             super().instantiate_classes()
         except ValueError as error:
             cause = error
-            while cause.__cause__ is not None:
+            while cause.__cause__ is not None and _raised_by_jsonargparse(cause):
                 cause = cause.__cause__
             if cause is error:
                 raise
             raise cause from None
+
+
+def _raised_by_jsonargparse(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside jsonargparse (its innermost traceback frame is there)."""
+    frame = error.__traceback__
+    if frame is None:
+        return True
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return "jsonargparse" in Path(frame.tb_frame.f_code.co_filename).parts
 
 
 def lightning_main(args: Sequence[str] | None = None) -> LightningCatCLI:

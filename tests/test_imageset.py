@@ -18,6 +18,7 @@ IDENTITY = {
     "preprocessing": {"resolution": 64},
     "seed": 0,
     "model": "tiny",
+    "inputs": {"a": "0" * 64},
 }
 
 

@@ -139,6 +139,7 @@ def test_folder_holding_another_set_fails_before_any_model_loads(photos_dir, tmp
             "preprocessing": {},
             "seed": 0,
             "model": "tiny",
+            "inputs": {},
             "files": {"astronaut": {}},
         },
     )

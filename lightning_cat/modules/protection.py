@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from jsonargparse.typing import register_type
 
+from lightning_cat.atomic import check_writable
 from lightning_cat.diffusion import weight_dtype
 from lightning_cat.images import list_images
+from lightning_cat.imageset import input_hashes
 from lightning_cat.modules.base import DiffusionModule
 from lightning_cat.modules.image_logging import amplified_difference, image_loggers, log_image_grid
 from lightning_cat.perceptual import LPIPSNet
@@ -179,6 +181,8 @@ class ProtectionModule(DiffusionModule):
             self.protection_options = self.method_class.resolve(**given)
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
+        if h.output_dir is not None:
+            check_writable(h.output_dir, owner=f"{name}: output_dir")
         if h.class_root is not None:
             if not self.method_class.coupled:
                 coupled = [m for m, cls in PROTECTIONS.items() if cls.coupled]
@@ -202,10 +206,18 @@ class ProtectionModule(DiffusionModule):
         self._group: dict[str, torch.Tensor] = {}
         self._logged_steps: dict[str, int] = {}
         self._examples_logged = 0
+        #: Stems whose protected image an interrupted run already saved (set by the writer at setup).
+        self.finished_keys: set[str] = set()
         # Lightning wraps the module in DistributedDataParallel under ddp strategies, and DDP refuses
         # a module without a trainable parameter. This one never receives a gradient; gradient
         # synchronisation is switched off in on_train_start (see there).
         self.ddp_anchor = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def resumes_per_image(self) -> bool:
+        """Whether a re-run keeps the images an interrupted run finished (per-image methods: each
+        image depends only on its own seed and stem); surrogate methods redo the coupled set."""
+        return not self.method_class.coupled
 
     @property
     def method(self) -> str:
@@ -259,6 +271,7 @@ class ProtectionModule(DiffusionModule):
                 "revision": self.revision,
                 "variant": self.variant,
             },
+            "inputs": input_hashes(getattr(datamodule.dataset, "files", ())),
         }
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -361,9 +374,14 @@ class ProtectionModule(DiffusionModule):
         self._group = {key: image for key, image in zip(keys, protected, strict=True)}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Returns ``protected`` images and their ``keys`` (stems). A batch whose images an interrupted
+        run already saved (:attr:`finished_keys`) is skipped, not recomputed; a partly saved batch is
+        recomputed whole, since the batch a PGD step sees changes its floating-point rounding."""
         keys = [Path(path).stem for path in batch["path"]]
         if self.method_class.coupled:
             protected = torch.stack([self._group[key] for key in keys]).to(batch["image"].device)
+        elif all(key in self.finished_keys for key in keys):
+            return {"protected": batch["image"][:0], "keys": []}
         else:
             protected = self.protection.protect(batch["image"], keys, seed=self.seed, callback=self._log_step)
         self._log_budgets(batch["image"], protected.detach(), keys)
