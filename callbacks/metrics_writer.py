@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_cat.atomic import atomic_write_json
+from lightning_cat.atomic import atomic_write_json, check_writable
 
 __all__ = ["MetricsWriter"]
 
@@ -28,10 +28,15 @@ class MetricsWriter(Callback):
 
     Args:
         path: the JSON file to write (its folder is created). Non-finite values are written as null.
+
+    Raises:
+        PermissionError: if the folder of ``path`` cannot be written (checked when built, before
+            the run evaluates anything).
     """
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+        check_writable(self.path.parent, owner="MetricsWriter: folder of path")
 
     def _write(self, trainer: Trainer) -> None:
         if trainer.is_global_zero:

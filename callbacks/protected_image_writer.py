@@ -17,7 +17,8 @@ eps_255, resolution, preprocessing, seed, model, inputs, files, version), which 
 
 Resume: a run killed after some images re-runs with the same settings into the same folder; the
 images it journaled under the same identity (inputs included) and that are unchanged on disk are
-kept as they are and not recomputed (per-image methods; surrogate methods redo their coupled set).
+kept as they are, never rewritten, and batches made only of them are not recomputed (per-image
+methods; surrogate methods redo their coupled set). Anything else in the folder is refused.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class ProtectedImageWriter(Callback):
         self.overwrite = overwrite
         self.identity: dict[str, Any] | None = None
         self.records: dict[str, dict[str, Any]] = {}
+        #: Stems kept from an interrupted run (journaled, unchanged): never rewritten.
+        self.kept: set[str] = set()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -72,14 +75,17 @@ class ProtectedImageWriter(Callback):
             raise FileExistsError(error)
         resumable = getattr(pl_module, "resumes_per_image", False)
         self.records = finished_images(self.output_dir, self.identity) if resumable else {}
+        self.kept = set(self.records)
         if hasattr(pl_module, "finished_keys"):
-            pl_module.finished_keys = set(self.records)
+            pl_module.finished_keys = set(self.kept)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         position = {Path(source).stem: i for i, source in enumerate(batch["path"])}
         for image, key in zip(outputs["protected"], outputs["keys"], strict=True):
+            if key in self.kept:
+                continue  # saved by the interrupted run: left as it is
             index = position[key]
             path = self.output_dir / f"{key}.png"
             save_png(image.cpu(), path)

@@ -22,7 +22,6 @@ set as a 1-process run.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from lightning_cat.atomic import atomic_write_json
+from lightning_cat.atomic import atomic_write_json, check_writable
 from lightning_cat.images import save_png
 
 __all__ = ["SAMPLES_FILE", "SampleWriter"]
@@ -64,7 +63,8 @@ class SampleWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         if grid_columns < 1:
             raise ValueError(f"SampleWriter: grid_columns must be >= 1, got {grid_columns}")
-        self.output_dir = Path(output_dir)
+        # Built with the config, before any model loads: an unwritable folder fails here.
+        self.output_dir = check_writable(output_dir, owner="SampleWriter: output_dir")
         self.grid = grid
         self.grid_columns = grid_columns
         self.overwrite = overwrite

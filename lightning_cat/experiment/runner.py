@@ -18,7 +18,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from lightning_cat import __version__
-from lightning_cat.atomic import atomic_write_json
+from lightning_cat.atomic import atomic_write_json, check_writable
 from lightning_cat.experiment.config import ExperimentConfig
 from lightning_cat.experiment.plan import ExperimentPlan, Stage
 from lightning_cat.experiment.report import cell_grids, write_report, write_results
@@ -85,8 +85,8 @@ class ExperimentRunner:
 
     def run(self) -> Path:
         """Run (or resume) every stage, then write results and report; returns ``report.html``."""
+        run_dir = check_writable(self.config.run_dir, owner="experiment run_dir")
         stages = self.plan()
-        run_dir = Path(self.config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "experiment.json", self._describe())
         progress = tqdm(stages, desc="experiment", unit="stage", position=0)

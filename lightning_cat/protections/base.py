@@ -21,7 +21,7 @@ import torch
 
 from lightning_cat.diffusion import diffusion_loss, latent_distribution, latent_shape, scale_latents
 from lightning_cat.protections.options import resolve_options
-from lightning_cat.protections.pgd import PGD
+from lightning_cat.protections.pgd import PGD, warn_odd_budget
 from lightning_cat.seeding import image_generators
 
 __all__ = [
@@ -273,8 +273,17 @@ class Protection:
 
         Raises:
             ValueError: for an option the method does not take, or an illegal value.
+
+        Warns:
+            UserWarning: for a legal but odd step size (``alpha_255`` above ``eps_255``, or all
+                steps together shorter than ``eps_255``).
         """
-        return resolve_options(cls.name, cls.defaults, options)
+        resolved = resolve_options(cls.name, cls.defaults, options)
+        o = resolved
+        steps = cls.total_pgd_steps(o)
+        owner = f"protection method {cls.name!r}"
+        warn_odd_budget(o["eps_255"], o["alpha_255"], steps, o["step_schedule"], o["final_step_fraction"], owner=owner)
+        return resolved
 
     @classmethod
     def total_pgd_steps(cls, options: dict[str, Any]) -> int:

@@ -12,6 +12,7 @@ L_inf budget of ``r/255`` allows integer differences up to ``floor(r)``).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -23,7 +24,16 @@ from lightning_cat.pixels import from_levels, to_levels, to_model_units
 if TYPE_CHECKING:
     from lightning_cat.protections.base import Objective
 
-__all__ = ["NORMS", "PGD", "STEP_SCHEDULES", "Norm", "StepSchedule", "quantize_within_budget", "to_model_units"]
+__all__ = [
+    "NORMS",
+    "PGD",
+    "STEP_SCHEDULES",
+    "Norm",
+    "StepSchedule",
+    "quantize_within_budget",
+    "to_model_units",
+    "warn_odd_budget",
+]
 
 #: ``linf`` sign steps or ``l2`` steps along the normalised gradient.
 Norm = Literal["linf", "l2"]
@@ -212,3 +222,30 @@ def check_budget(eps_255: float, alpha_255: float, steps: int, *, owner: str) ->
         raise ValueError(f"{owner}: alpha_255 must be a number > 0 (pixel units /255), got {alpha_255!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{owner}: steps must be an integer >= 1, got {steps!r}")
+
+
+def warn_odd_budget(
+    eps_255: float, alpha_255: float, steps: int, step_schedule: str, final_step_fraction: float, *, owner: str
+) -> None:
+    """Warn (naming ``owner`` and the option) about a legal but odd step size for the budget: a step
+    larger than the budget, or steps too few to reach the budget's edge from the clean image."""
+    if alpha_255 > eps_255:
+        warnings.warn(
+            f"{owner}: alpha_255={alpha_255} is larger than eps_255={eps_255}: every PGD step overshoots "
+            "the budget and is projected back, so the attack acts like a sign-only step at the budget's "
+            "edge; the references use alpha_255 well below eps_255",
+            UserWarning,
+            stacklevel=3,
+        )
+    if step_schedule == "linear":
+        travel = steps * alpha_255 - alpha_255 * (1 - final_step_fraction) * (steps - 1) / 2
+    else:
+        travel = steps * alpha_255
+    if travel < eps_255:
+        warnings.warn(
+            f"{owner}: steps x alpha_255 = {steps} x {alpha_255} (total step length {travel:g}) is below "
+            f"eps_255={eps_255}: PGD cannot reach the budget's edge from the clean image, so the "
+            "budget is not used up; raise steps or alpha_255",
+            UserWarning,
+            stacklevel=3,
+        )
