@@ -4,15 +4,23 @@ customize finishes a grid equal to an uninterrupted one (issues 17 and 18)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+from safetensors.torch import load_file
 
+from lightning_cat.experiment import ExperimentRunner, load_experiment_config
+from lightning_cat.experiment.store import MARKER
 from lightning_cat.imageset import JOURNAL, read_manifest
 from lightning_cat.protections.base import Protection
 
@@ -112,3 +120,117 @@ def test_images_of_another_identity_or_changed_since_are_never_reused(
     assert sorted(protected_keys) == sorted(p.stem for p in photos_dir.glob("*.png"))
     assert read_manifest(other)["seed"] == 1 and not (other / JOURNAL).exists()
     assert read_manifest(other)["inputs"] == read_manifest(reference)["inputs"]
+
+
+# ---------------------------------------------------------------- the experiment runner
+
+
+def write_grid(tmp_path: Path, photos_dir: Path, defenses: list[str]) -> Path:
+    """A small grid (one subject of two images, AdvDM+, LoRA) with the fast tiny stage configs."""
+    from test_experiment import _fast_stage_configs
+
+    subject = tmp_path / "subject"
+    subject.mkdir(parents=True)
+    for name in ("astronaut", "coffee"):
+        shutil.copyfile(photos_dir / f"{name}.png", subject / f"{name}.png")
+    experiment = {
+        "run_dir": str(tmp_path / "run"),
+        "model": "tiny",
+        "seed": 0,
+        "subjects": {"photos": [str(subject)]},
+        "protections": ["advdm_plus"],
+        "defenses": defenses,
+        "customizations": ["lora"],
+        "stages": _fast_stage_configs(tmp_path / "stages"),
+        "trainer": {"accelerator": "cpu", "devices": 1},
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def run_grid(experiment: Path) -> None:
+    ExperimentRunner(load_experiment_config(experiment)).run()
+
+
+def kill_grid_during(experiment: Path, stage: str) -> None:
+    """Start the runner as its own process group and SIGKILL the group shortly into ``stage`` (a
+    path under the run directory, e.g. ``protect/photos/advdm_plus``), before it finishes."""
+    partial = experiment.parent / "run" / f"{stage}.partial"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_cat", "experiment", "--config", str(experiment)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not partial.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the stage's work (the shortest, CAT, takes about a second here)
+    alive = process.poll() is None
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert alive and partial.exists(), f"the runner did not stop inside {stage}"
+    assert not (partial.parent / stage.rsplit("/", 1)[-1] / MARKER).exists()  # killed before it finished
+
+
+def _comparable(value):
+    if isinstance(value, dict):
+        return {key: _comparable(v) for key, v in value.items() if key != "seconds"}  # a stage's wall time
+    if isinstance(value, list):
+        items = [_comparable(v) for v in value]
+        return sorted(items, key=json.dumps) if all(isinstance(v, str) for v in items) else items
+    return value
+
+
+def grid_outputs(run_dir: Path) -> dict[str, object]:
+    """Every output file of a run, as what must be equal between two runs with the same seed:
+    bytes (their hash) of images and tables, values of JSON (string lists as sets: peft writes
+    ``target_modules`` from a set, in hash order) and of safetensors (their header order varies).
+    Console logs (progress bars with timings) are left out. Paths are made relative to the run."""
+    outputs: dict[str, object] = {}
+    for path in sorted(run_dir.rglob("*")):
+        name = str(path.relative_to(run_dir))
+        if not path.is_file() or path.name == "stage.log":
+            continue
+        if path.suffix == ".safetensors":
+            tensors = load_file(path)
+            outputs[name] = {key: hashlib.sha256(t.numpy().tobytes()).hexdigest() for key, t in tensors.items()}
+            continue
+        data = path.read_bytes().replace(str(run_dir.parent).encode(), b"<tmp>")
+        if path.suffix == ".json":
+            outputs[name] = _comparable(json.loads(data))
+        else:
+            outputs[name] = hashlib.sha256(data).hexdigest()
+    return outputs
+
+
+def check_equal_runs(resumed: Path, reference: Path) -> None:
+    assert not list(resumed.rglob("*.partial")) and not list(resumed.rglob(".*.tmp"))
+    ours, theirs = grid_outputs(resumed), grid_outputs(reference)
+    assert sorted(ours) == sorted(theirs)
+    assert {name for name in ours if ours[name] != theirs[name]} == set()
+    rows = json.loads((resumed / "results.json").read_text())
+    assert rows == json.loads((reference / "results.json").read_text())  # every value of the table
+    assert rows and all(math.isfinite(row["fid"]) for row in rows)
+
+
+def test_a_grid_killed_during_customize_equals_an_uninterrupted_run(photos_dir, tmp_path):
+    reference = write_grid(tmp_path / "reference", photos_dir, ["none"])
+    run_grid(reference)
+    killed = write_grid(tmp_path / "killed", photos_dir, ["none"])
+    kill_grid_during(killed, "customize/photos/advdm_plus/none/lora")
+    run_grid(killed)
+    check_equal_runs(killed.parent / "run", reference.parent / "run")
+
+
+@pytest.mark.slow
+def test_a_grid_killed_during_protect_cat_and_customize_equals_an_uninterrupted_run(photos_dir, tmp_path):
+    defenses = ["none", "cat:both"]
+    reference = write_grid(tmp_path / "reference", photos_dir, defenses)
+    run_grid(reference)
+    killed = write_grid(tmp_path / "killed", photos_dir, defenses)
+    for stage in ("protect/photos/advdm_plus", "customize/photos/advdm_plus/none/lora", "cat/photos/advdm_plus/both"):
+        kill_grid_during(killed, stage)
+    run_grid(killed)
+    check_equal_runs(killed.parent / "run", reference.parent / "run")
