@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from lightning_cat.atomic import atomic_write_json, check_writable
-from lightning_cat.images import save_png
+from lightning_cat.images import load_image, save_png
 
 __all__ = ["SAMPLES_FILE", "SampleWriter"]
 
@@ -132,9 +132,7 @@ class SampleWriter(BasePredictionWriter):
         tiles = []
         for row in rows.values():
             row_tiles = [
-                torch.from_numpy(
-                    np.array(Image.open(self.output_dir / r["folder"] / r["file"]).convert("RGB"))
-                ).permute(2, 0, 1)
+                torch.from_numpy(np.array(load_image(self.output_dir / r["folder"] / r["file"]))).permute(2, 0, 1)
                 for r in row[:columns]
             ]
             tiles += row_tiles + [torch.full_like(row_tiles[0], 255)] * (columns - len(row_tiles))
