@@ -111,7 +111,7 @@ class PurifiedSetWriter(Callback):
                 "preprocessing": transform.to_dict(),
                 "seed": getattr(pl_module, "seed", None),
                 "model": getattr(purifier, "pretrained_model_name_or_path", None),
-                "inputs": input_hashes(_dataset_files(datamodule)),
+                "inputs": input_hashes(_source_dataset(datamodule)),
                 "purifier": purifier.params(),
                 "source": {"folder": str(source), "manifest": read_manifest(source)},
             }
@@ -163,8 +163,10 @@ class PurifiedSetWriter(Callback):
         trainer.strategy.barrier("purified_set_written")
 
 
-def _dataset_files(datamodule: Any) -> list[Path]:
+def _source_dataset(datamodule: Any) -> Any:
     dataset = datamodule.dataset
-    if hasattr(dataset, "protected"):
-        dataset = dataset.protected
-    return list(getattr(dataset, "files", []))
+    return dataset.protected if hasattr(dataset, "protected") else dataset
+
+
+def _dataset_files(datamodule: Any) -> list[Path]:
+    return list(getattr(_source_dataset(datamodule), "files", []))

@@ -125,11 +125,26 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _decode(source: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
+    """Fully decode ``source`` (every pixel, not only the header) to 8-bit RGB; ``name`` for errors."""
+    try:
+        with Image.open(source) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            image = _to_rgb(image)
+    except _DECODE_ERRORS as error:
+        reason = str(error) or type(error).__name__
+        raise ImageInputError(f"cannot decode image {name} (truncated, empty or not an image?): {reason}") from error
+    if image.width < 1 or image.height < 1:
+        raise ImageInputError(f"image {name} is empty ({image.width}x{image.height})")
+    return image
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode ``path`` as an 8-bit RGB PIL image (see the module docstring for conversions).
 
-    Every reader of user images goes through here, so a truncated or empty file fails as the same
-    :class:`ImageInputError` naming it, wherever it is read.
+    Every reader of image files goes through here (or :func:`load_image_bytes`), so a truncated or
+    empty file fails as the same :class:`ImageInputError` naming it, wherever it is read.
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -138,17 +153,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file '{path}' does not exist")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-            image = _to_rgb(image)
-    except _DECODE_ERRORS as error:
-        reason = str(error) or type(error).__name__
-        raise ImageInputError(f"cannot decode image '{path}' (truncated, empty or not an image?): {reason}") from error
-    if image.width < 1 or image.height < 1:
-        raise ImageInputError(f"image '{path}' is empty ({image.width}x{image.height})")
-    return image
+    return _decode(path, f"'{path}'")
 
 
 def load_image_bytes(data: bytes, name: str) -> Image.Image:
@@ -157,16 +162,7 @@ def load_image_bytes(data: bytes, name: str) -> Image.Image:
     Raises:
         ImageInputError: if it cannot be decoded or is empty, naming ``name``.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-            image = _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageInputError(f"cannot decode image {name}: {error}") from error
-    if image.width < 1 or image.height < 1:
-        raise ImageInputError(f"image {name} is empty ({image.width}x{image.height})")
-    return image
+    return _decode(io.BytesIO(data), name)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +60,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def input_hashes(files: Iterable[str | os.PathLike]) -> dict[str, str]:
-    """``{stem: sha256}`` of a set's source images: the ``inputs`` entry of its identity."""
-    return {Path(path).stem: file_sha256(path) for path in sorted(files, key=lambda p: Path(p).stem)}
+def input_hashes(dataset: Any) -> dict[str, str]:
+    """``{stem: sha256}`` of the decoded pixels (and size) of every source image of ``dataset`` (an
+    image dataset with ``stems`` and ``open_image``: a folder's or a table's): the ``inputs`` entry
+    of a set's identity. Pixels, not file bytes, so rows of a table hash like files."""
+    hashes = {}
+    for index, stem in enumerate(dataset.stems):
+        image = dataset.open_image(index)
+        digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+        digest.update(np.asarray(image, dtype=np.uint8).tobytes())
+        hashes[stem] = digest.hexdigest()
+    return dict(sorted(hashes.items()))
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:

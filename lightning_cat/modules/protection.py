@@ -271,7 +271,7 @@ class ProtectionModule(DiffusionModule):
                 "revision": self.revision,
                 "variant": self.variant,
             },
-            "inputs": input_hashes(getattr(datamodule.dataset, "files", ())),
+            "inputs": input_hashes(datamodule.dataset),
         }
 
     # ------------------------------------------------------------------ Lightning hooks
