@@ -68,11 +68,11 @@ class ProtectedImageWriter(Callback):
         if trainer.is_global_zero:
             try:
                 prepare_output_dir(self.output_dir, self.identity, overwrite=self.overwrite)
-            except FileExistsError as caught:
-                error = str(caught)
-        error = trainer.strategy.broadcast(error, src=0)
+            except OSError as caught:  # a different set (FileExistsError) or an unwritable folder
+                error = caught
+        error = trainer.strategy.broadcast(error, src=0)  # every rank fails alike, none waits
         if error is not None:
-            raise FileExistsError(error)
+            raise error
         resumable = getattr(pl_module, "resumes_per_image", False)
         self.records = finished_images(self.output_dir, self.identity) if resumable else {}
         self.kept = set(self.records)
