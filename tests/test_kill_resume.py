@@ -187,11 +187,13 @@ def grid_outputs(run_dir: Path) -> dict[str, object]:
     """Every output file of a run, as what must be equal between two runs with the same seed:
     bytes (their hash) of images and tables, values of JSON (string lists as sets: peft writes
     ``target_modules`` from a set, in hash order) and of safetensors (their header order varies).
-    Console logs (progress bars with timings) are left out. Paths are made relative to the run."""
+    Logs are left out: console logs (progress bars with timings) and the loggers' folders
+    (``lightning_logs/version_N``: a resumed stage adds a version; event files are named and
+    stamped with wall time). Paths are made relative to the run."""
     outputs: dict[str, object] = {}
     for path in sorted(run_dir.rglob("*")):
         name = str(path.relative_to(run_dir))
-        if not path.is_file() or path.name == "stage.log":
+        if not path.is_file() or path.name == "stage.log" or "lightning_logs" in path.parts:
             continue
         if path.suffix == ".safetensors":
             tensors = load_file(path)
