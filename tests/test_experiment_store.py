@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_cat.experiment.store import MARKER, StageStore, fingerprint
+from lightning_cat.experiment.store import MARKER, STARTED, StageStore, fingerprint
+from lightning_cat.imageset import JOURNAL
 
 
 def _writer(calls, text="out"):
@@ -59,3 +60,30 @@ def test_overwrite_forces(tmp_path):
 def test_fingerprint_is_order_independent():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def _crash_with_journaled_images(folder):
+    images = folder / "images"
+    (images / JOURNAL).mkdir(parents=True)
+    (images / "a.png").write_bytes(b"finished image")
+    (images / JOURNAL / "a.json").write_text("{}")
+    (folder / "half.txt").write_text("x")
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("same_stage", [True, False])
+def test_an_interrupted_stage_keeps_its_journaled_images_only_for_the_same_stage(tmp_path, same_stage):
+    store = StageStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        store.run(("protect", "a"), fingerprint(1), _crash_with_journaled_images)
+    seen = {}
+
+    def resume(folder):
+        seen["entries"] = sorted(p.name for p in folder.iterdir())
+        seen["image"] = (folder / "images" / "a.png").read_bytes() if (folder / "images").is_dir() else None
+
+    store.run(("protect", "a"), fingerprint(1 if same_stage else 2), resume)
+    if same_stage:  # the unfinished set is handed to the re-run (the protection checks each image)
+        assert seen == {"entries": [STARTED, "images"], "image": b"finished image"}
+    else:  # another stage's leftovers are never reused
+        assert seen == {"entries": [STARTED], "image": None}

@@ -5,8 +5,10 @@ Every stage of an experiment writes into its own folder of the run directory. A 
 marker holding its fingerprint (a hash of everything that determines its outputs: options, the
 content of its config file, the fingerprints of the stages it reads). Re-running skips a stage
 whose marker matches, redoes one whose fingerprint changed, and discards leftovers of a stage
-that was interrupted, except its training checkpoints (``checkpoints/``, with its logs): a re-run
-of the same stage resumes from them. A finished stage keeps its outputs, not its checkpoints.
+that was interrupted, except what lets the same stage resume: its training checkpoints
+(``checkpoints/``, with its logs) and image sets with a per-image journal (a protection's finished
+images, see :data:`lightning_cat.imageset.JOURNAL`). A finished stage keeps its outputs, not its
+checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_cat.atomic import atomic_write_json, replace_dir
+from lightning_cat.imageset import JOURNAL
 
 __all__ = ["CHECKPOINTS", "MARKER", "StageResult", "StageStore", "fingerprint", "file_fingerprint"]
 
@@ -113,22 +116,30 @@ class StageStore:
 
     def _prepare(self, partial: Path, stage_fingerprint: str) -> None:
         """An empty ``partial`` folder, or, when an interrupted run of the same stage left checkpoints
-        there, the folder with only its checkpoints, logs and console log kept (the run resumes)."""
+        or journaled images there, the folder with only those (and the logs) kept: the run resumes.
+        The stage itself still checks what it resumes (checkpoint keys, each image's identity)."""
         started = partial / STARTED
         same = (
             not self.overwrite
-            and (partial / CHECKPOINTS).is_dir()
             and started.is_file()
             and json.loads(started.read_text()).get("fingerprint") == stage_fingerprint
+            and any(_resumable(entry) for entry in partial.iterdir())
         )
         if not same:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         for entry in partial.iterdir():
-            if entry.name in RESUMABLE:
+            if entry.name in RESUMABLE or _resumable(entry):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
         atomic_write_json(started, {"fingerprint": stage_fingerprint})
+
+
+def _resumable(entry: Path) -> bool:
+    """Whether a leftover of an interrupted stage lets its re-run resume (checkpoints, journaled images)."""
+    if not entry.is_dir() or entry.is_symlink():
+        return False
+    return entry.name == CHECKPOINTS or (entry / JOURNAL).is_dir()
