@@ -112,18 +112,27 @@ def test_every_stage_runs_on_the_shape_models(shape_cache):
     from lightning_cat.cat import CATLoss, add_cat_adapter, cat_lora_config
     from lightning_cat.customization import dreambooth_loss
     from lightning_cat.customization.lora import UNET_LORA_TARGETS, add_lora
-    from lightning_cat.diffusion import build_pipeline, encode_latents, tokenize_prompts
+    from lightning_cat.diffusion import build_pipeline, encode_latents, load_vae, tokenize_prompts
     from lightning_cat.metrics import LatentDistortion
     from lightning_cat.protections import build_protection
     from lightning_cat.purification import build_purifier, purify_images
     from lightning_cat.sampling import generate_images
+
+    image = _photo(512)
+    # CAT first and alone (its 512 px backward is the largest of the 512 px stages, ~12 GB):
+    # one rank-128 adapter loss on the VAE; gradients reach the adapter
+    vae = add_cat_adapter(load_vae("sd21-base-shape").eval(), cat_lora_config("both", rank=128))
+    result = CATLoss("mse")(vae, image, torch.randn(1, 4, 64, 64))
+    result.loss.backward()
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    assert torch.isfinite(result.loss) and trained and all(p.grad is not None for p in trained)
+    del vae, result, trained
 
     base = load_components("sd21-base-shape")
     counts = {part: sum(p.numel() for p in getattr(base, part).parameters()) for part in PUBLISHED_PARAMETERS}
     assert counts == PUBLISHED_PARAMETERS
     for part in ("unet", "vae", "text_encoder"):
         getattr(base, part).requires_grad_(False).eval()
-    image = _photo(512)
 
     # protect: one PGD step of a UNet-objective and an encoder-objective method
     for method in ("advdm_plus", "photoguard"):
@@ -131,45 +140,34 @@ def test_every_stage_runs_on_the_shape_models(shape_cache):
         assert protected.shape == image.shape and torch.isfinite(protected).all()
         assert (protected - image).abs().max() <= 8 / 127.5 + 1e-6
 
-    # CAT: one rank-128 adapter loss on the 512 px VAE, gradients reach the adapter only
-    vae = add_cat_adapter(base.vae, cat_lora_config("both", rank=128))
-    result = CATLoss("mse")(vae, image, torch.randn(1, 4, 64, 64))
-    result.loss.backward()
-    trained = [p for p in vae.parameters() if p.requires_grad]
-    assert torch.isfinite(result.loss) and all(p.grad is not None for p in trained)
-    base.vae = vae.get_base_model()
-
     # sampling: two steps with classifier-free guidance
     with torch.no_grad():
         samples = generate_images(build_pipeline(base), ["a photo of sks person"], [0], num_inference_steps=2)
     assert samples.shape == (1, 3, 512, 512) and torch.isfinite(samples).all()
 
-    # purification and the VAE-based evaluation metric
-    purified = purify_images(
-        build_purifier(
-            "latent_diffpure", pretrained_model_name_or_path="sd21-base-shape", timestep=100, num_inference_steps=2
-        ),
-        image,
-        ["a"],
-    )
-    assert purified.shape == image.shape and torch.isfinite(purified).all()
+    # the VAE-based evaluation metric, then purification (which loads its own copy of the model)
     metric = LatentDistortion(base.vae)
     metric.update(protected, image)
     assert all(torch.isfinite(v) for v in metric.compute().values())
-    del base, vae
+    del base, metric
+    purifier = build_purifier(
+        "latent_diffpure", pretrained_model_name_or_path="sd21-base-shape", timestep=100, num_inference_steps=2
+    )
+    purified = purify_images(purifier, image, ["a"])
+    assert purified.shape == image.shape and torch.isfinite(purified).all()
+    del purifier
 
-    # customize on the 768 px v-prediction model: one LoRA DreamBooth loss with a prior row
+    # customize on the 768 px v-prediction model: one LoRA DreamBooth loss (one row: 1+1 rows at
+    # 768 px pass 13 GB, see benchmarks/scale.md)
     v = load_components("sd21-shape")
     assert v.prediction_type == "v_prediction" and v.unet.config.upcast_attention
     for part in ("unet", "vae", "text_encoder"):
         getattr(v, part).requires_grad_(False).eval()
     trainable = add_lora(v.unet, UNET_LORA_TARGETS, rank=16)
-    pixels = torch.cat([_photo(768), _photo(768)])
     with torch.no_grad():
-        latents = encode_latents(v.vae, pixels)
-        ids = tokenize_prompts(v.tokenizer, ["a photo of sks person", "a photo of person"])
-        condition = v.text_encoder(ids)[0]
-    assert latents.shape == (2, 4, 96, 96) and condition.shape == (2, 77, 1024)
-    loss = dreambooth_loss(v.unet, v.noise_scheduler, latents, condition, num_instance=1).loss
+        latents = encode_latents(v.vae, _photo(768))
+        condition = v.text_encoder(tokenize_prompts(v.tokenizer, ["a photo of sks person"]))[0]
+    assert latents.shape == (1, 4, 96, 96) and condition.shape == (1, 77, 1024)
+    loss = dreambooth_loss(v.unet, v.noise_scheduler, latents, condition).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
