@@ -8,7 +8,8 @@ parameters with their gradients and AdamW states (fp32: 4 + 4 + 8 bytes, as the 
 training keeps them) and activations. Activations are measured: the peak RSS minus the process's
 RSS before loading, minus 4 bytes per loaded parameter (the safetensors weights are memory-mapped,
 so they enter the RSS as the first step touches them, not at loading), minus the trained
-parameters' gradient and optimizer bytes, halved for bf16.
+parameters' gradient and optimizer bytes, halved for bf16 (not for the ``bf16`` measurements,
+whose frozen weights, 2 bytes per parameter, and activations are in bf16 already).
 """
 
 from __future__ import annotations
@@ -28,18 +29,18 @@ LORA_16, CAT_128 = 3_319_808, 27_099_136  # UNet attention LoRA rank 16; CAT "bo
 #: 890 MB after loading the 15 MB tiny model, 934 MB after mapping the 5 GB shape model).
 PROCESS_MB = 880
 
-#: measurement -> (what it runs, loaded parameters, trained parameters, baseline measurement)
+#: measurement -> (what it runs, frozen parameters, trained parameters, baseline measurement)
 STAGES = {
     "advdm_plus/lightning_cat": ("AdvDM+ 1 PGD step, 512 px, 1 image", ALL, 0, "advdm_plus/baseline"),
     "advdm_plus/baseline": ("AdvDM+ plain PGD loop", ALL, 0, None),
-    "photoguard/lightning_cat": ("PhotoGuard (encoder) 1 PGD step, 512 px", ALL, 0, None),
+    "photoguard/lightning_cat": ("PhotoGuard (encoder) 1 PGD step, 512 px", VAE, 0, None),
     "aspl/lightning_cat": (
         "ASPL 1 iteration (1 surrogate step, 1 PGD step), UNet + text encoder",
-        ALL,
+        VAE,
         2 * (UNET + TEXT),
         "aspl/baseline",
     ),
-    "aspl/baseline": ("ASPL reference loop (deep copies)", ALL, 3 * (UNET + TEXT), None),
+    "aspl/baseline": ("ASPL reference loop (deep copies)", VAE, 3 * (UNET + TEXT), None),
     "cat/lightning_cat": ("CAT rank 128, batch 1, 512 px", VAE, CAT_128, "cat/plain"),
     "cat/plain": ("CAT plain loop, batch 1", VAE, CAT_128, None),
     "cat_batch4/lightning_cat": ("CAT rank 128, batch 4, 512 px", VAE, CAT_128, None),
@@ -49,7 +50,7 @@ STAGES = {
     "lora_768v/module_cache": ("DreamBooth LoRA, sd21-shape 768 px v-prediction, 1+1 rows", ALL, LORA_16, None),
     "dreambooth_full_gc/lightning_cat": (
         "DreamBooth full (UNet + text encoder), 2+2 rows, checkpointing",
-        ALL,
+        VAE,
         UNET + TEXT,
         None,
     ),
@@ -64,20 +65,20 @@ STAGES = {
 
 
 def gpu_bf16_gb(name: str, row: dict) -> tuple[float, float, float] | None:
-    """(weights, trained parameters + gradients + AdamW, activations) in GB expected in bf16."""
-    _, loaded, trained, _ = STAGES[name]
+    """(weights, trained parameters + gradients + AdamW, activations) in GiB expected in bf16."""
+    _, frozen, trained, _ = STAGES[name]
     if not row.get("fits"):
         return None
-    after_load = PROCESS_MB + 4 * loaded / 2**20
-    training = (4 + 8) * trained / 2**20  # gradients + AdamW states beyond the loaded weights, MB
-    activations = max(row["peak_rss_mb"] - after_load - training, 0.0) / 2
-    return (2 * (loaded - trained) / 1e9, 16 * trained / 1e9, activations * 2**20 / 1e9)
+    half = "bf16" in name  # measured under bf16-mixed: frozen weights and activations already in bf16
+    state_mb = ((2 if half else 4) * frozen + 16 * trained) / 2**20  # weights; trained weights + grads + AdamW
+    activations = max(row["peak_rss_mb"] - PROCESS_MB - state_mb, 0.0) / (1 if half else 2)
+    return (2 * frozen / 2**30, 16 * trained / 2**30, activations / 1024)
 
 
 def table(rows: list[dict]) -> str:
     by_name = {row["measurement"]: row for row in rows}
     lines = [
-        "| measurement | what | s / step | peak RSS (GB) | time ratio | memory ratio | GPU bf16: weights + trained + activations (GB) |",
+        "| measurement | what | s / step | peak RSS (GiB) | time ratio | memory ratio | GPU bf16: weights + trained + activations (GiB) |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, (what, *_, baseline) in STAGES.items():
@@ -85,11 +86,14 @@ def table(rows: list[dict]) -> str:
         if row is None:
             lines.append(f"| {name} | {what} | not run | | | | |")
             continue
+        if row.get("fits") is None:
+            lines.append(f"| {name} | {what} | failed (its error is in results/scale.json) | | | | |")
+            continue
         if not row.get("fits"):
-            reason = row.get("stopped") or "error"
+            reason = row.get("stopped")
             reached = row["watched_peak_rss_mb"] / 1024
             lines.append(
-                f"| {name} | {what} | does not fit ({reason}; {reached:.1f} GB reached after {row['wall_s']:.0f} s) | | | | |"
+                f"| {name} | {what} | does not fit ({reason}; {reached:.1f} GiB reached after {row['wall_s']:.0f} s) | | | | |"
             )
             continue
         ratio_t = ratio_m = ""
