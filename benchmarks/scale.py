@@ -1,0 +1,317 @@
+"""Every stage on the real SD 2.1 architectures, beside the reference-style baselines.
+
+    python benchmarks/scale.py                      # all measurements, CPU, writes results/scale.json
+    python benchmarks/scale.py --only advdm_plus/lightning_cat cat/plain
+
+Runs each stage for one step on the architecture-only models ``sd21-base-shape`` (512 px,
+epsilon) and ``sd21-shape`` (768 px, v-prediction): random weights, published shapes, so memory
+and time are those of the real checkpoints. Each measurement is its own process (its peak RSS,
+``VmHWM``, is its own) under a watchdog that stops it when its RSS passes ``--limit-gib``: such a
+stage is recorded as not fitting, with the RSS it had reached. The baselines are the plain loops
+already in ``benchmarks/`` (the reference code's way: ASPL's per-iteration deep copies, the
+DreamBooth loop re-encoding every image and prompt at every step, CAT's plain loop).
+
+Nothing here is asserted; ``benchmarks/scale.md`` discusses the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scale.json"
+BASE, V = "sd21-base-shape", "sd21-shape"
+
+
+def _hwm_mb() -> float:
+    """Peak resident set size of this process (``VmHWM``), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _photos(count: int, resolution: int):
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "tests" / "data"))
+    import tempfile
+
+    import make_images
+
+    from lightning_cat.images import ImageTransform, load_image
+
+    folder = Path(tempfile.mkdtemp(prefix="scale-bench-"))
+    names = sorted(make_images.PHOTOS)[:count]
+    make_images.write_photos(folder, names=names, size=resolution)
+    transform = ImageTransform(resolution=resolution)
+    return torch.stack([transform(load_image(folder / f"{n}.png")) for n in names]), names
+
+
+def _timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- stages run here
+
+
+def protect(method: str, implementation: str, model: str, resolution: int) -> dict:
+    """One PGD step (one outer iteration with one surrogate step for the surrogate methods)."""
+    sys.path.insert(0, str(HERE))
+    import protection_throughput as reference
+
+    from lightning_cat.diffusion import load_components
+    from lightning_cat.protections import build_protection, to_model_units
+
+    components = load_components(model)
+    for part in ("unet", "vae", "text_encoder"):
+        getattr(components, part).requires_grad_(False).eval()
+    images, keys = _photos(1, resolution)
+    loaded = _rss_mb()
+    if implementation == "baseline":
+        if method == "advdm_plus":
+            run = lambda: reference.baseline_advdm(components, images, 1, to_model_units(16), to_model_units(1))  # noqa: E731
+        else:  # aspl: deep copies of UNet and text encoder per iteration and per training phase
+            run = lambda: reference.baseline_aspl(components, images, 1, 1, to_model_units(8), to_model_units(1))  # noqa: E731
+    else:
+        options = {"steps": 1}
+        if method == "aspl":
+            options |= {"iterations": 1, "surrogate_steps": 1, "in_place": True}
+        protection = build_protection(method, components, show_progress=False, **options)
+        extra = {"class_images": images} if method == "aspl" else {}
+        run = lambda: protection.protect(images, keys, seed=0, **extra)  # noqa: E731
+    seconds = _timed(run)
+    return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
+
+
+def sampling(implementation: str, model: str, resolution: int) -> dict:
+    """Two denoising steps with classifier-free guidance (7.5), one image."""
+    import torch
+
+    from lightning_cat.diffusion import build_pipeline, load_components, resolve_model_path
+    from lightning_cat.sampling import generate_images
+
+    steps = 2
+    if implementation == "baseline":
+        from diffusers import StableDiffusionPipeline
+
+        pipeline = StableDiffusionPipeline.from_pretrained(resolve_model_path(model), safety_checker=None)
+        pipeline.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        loaded = _rss_mb()
+        prompt = "a photo of sks person"
+        run = lambda: pipeline(prompt, num_inference_steps=steps, guidance_scale=7.5, generator=generator)  # noqa: E731
+    else:
+        pipeline = build_pipeline(load_components(model))
+        loaded = _rss_mb()
+        run = lambda: generate_images(  # noqa: E731
+            pipeline, ["a photo of sks person"], [0], num_inference_steps=steps, height=resolution, width=resolution
+        )
+    with torch.no_grad():
+        seconds = _timed(run)
+    return {"seconds_per_step": seconds / steps, "seconds": seconds, "rss_after_load_mb": loaded, "batch": 1}
+
+
+def purify(name: str, model: str, resolution: int) -> dict:
+    """One image through a purifier at its cheapest valid setting."""
+    from lightning_cat.purification import build_purifier, purify_images
+
+    options = {
+        "jpeg": {},
+        "tv": {},
+        "latent_diffpure": {"pretrained_model_name_or_path": model, "timestep": 100, "num_inference_steps": 2},
+        "impress": {"pretrained_model_name_or_path": model, "iterations": 1, "lpips_random_backbone": True},
+    }[name]
+    purifier = build_purifier(name, **options)
+    images, keys = _photos(1, resolution)
+    loaded = _rss_mb()
+    seconds = _timed(lambda: purify_images(purifier, images, keys))
+    steps = {"latent_diffpure": 2, "impress": 1}.get(name, 1)
+    return {"seconds_per_step": seconds / steps, "seconds": seconds, "rss_after_load_mb": loaded, "batch": 1}
+
+
+def evaluate(model: str, resolution: int) -> dict:
+    """Latent distortion (the evaluation's one metric that runs the SD VAE) on one image pair."""
+    import torch
+
+    from lightning_cat.diffusion import load_vae
+    from lightning_cat.metrics import LatentDistortion
+
+    metric = LatentDistortion(load_vae(model).eval())
+    images, _ = _photos(1, resolution)
+    loaded = _rss_mb()
+    protected = (images + 8 / 127.5 * torch.randn_like(images).sign()).clamp(-1, 1)
+    seconds = _timed(lambda: (metric.update(protected, images), metric.compute()))
+    return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
+
+
+def dreambooth_full(implementation: str, model: str, resolution: int, checkpointing: bool, batch: int) -> dict:
+    """One DreamBooth full fine-tune step (UNet + text encoder, prior preservation, AdamW)."""
+    import tempfile
+
+    from lightning.pytorch import Trainer
+
+    sys.path.insert(0, str(HERE))
+    import dreambooth_throughput as reference
+
+    from lightning_cat.modules import DreamBoothModule
+
+    args = argparse.Namespace(resolution=resolution, batch_size=batch)
+    datamodule = reference._data(args)
+    module = DreamBoothModule(
+        model, finetune="full", train_text_encoder=True, gradient_checkpointing=checkpointing, cache_latents=True
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tempfile.mkdtemp(prefix="scale-bench-logs-"),
+    )
+    seconds = _timed(lambda: trainer.fit(module, datamodule))
+    return {"seconds_per_step": seconds, "batch": batch}
+
+
+LOCAL = {
+    "advdm_plus/lightning_cat": lambda: protect("advdm_plus", "lightning_cat", BASE, 512),
+    "advdm_plus/baseline": lambda: protect("advdm_plus", "baseline", BASE, 512),
+    "photoguard/lightning_cat": lambda: protect("photoguard", "lightning_cat", BASE, 512),
+    "aspl/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512),
+    "aspl/baseline": lambda: protect("aspl", "baseline", BASE, 512),
+    "sampling/lightning_cat": lambda: sampling("lightning_cat", BASE, 512),
+    "sampling/baseline": lambda: sampling("baseline", BASE, 512),
+    "purify_jpeg/lightning_cat": lambda: purify("jpeg", BASE, 512),
+    "purify_tv/lightning_cat": lambda: purify("tv", BASE, 512),
+    "purify_latent_diffpure/lightning_cat": lambda: purify("latent_diffpure", BASE, 512),
+    "purify_impress/lightning_cat": lambda: purify("impress", BASE, 512),
+    "evaluate_latent_distortion/lightning_cat": lambda: evaluate(BASE, 512),
+    "dreambooth_full_gc/lightning_cat": lambda: dreambooth_full("lightning_cat", BASE, 512, True, 2),
+}
+
+# ----------------------------------------------------------------------------- stages run by the other scripts
+
+_CAT = [sys.executable, str(HERE / "cat_throughput.py"), "--model", BASE, "--resolution", "512", "--rank", "128"]
+_CAT += ["--steps", "1", "--warmup", "0", "--threads", "1"]
+_DB = [sys.executable, str(HERE / "dreambooth_throughput.py"), "--steps", "1", "--warmup", "0"]
+EXTERNAL = {
+    "cat_batch4/lightning_cat": [*_CAT, "--batch-size", "4", "--only", "lightning"],
+    "cat/lightning_cat": [*_CAT, "--batch-size", "1", "--only", "lightning"],
+    "cat/plain": [*_CAT, "--batch-size", "1", "--only", "plain"],
+    "lora/module_cache": [*_DB, "--model", BASE, "--resolution", "512", "--batch-size", "1", "--run", "module_cache"],
+    "lora/plain": [*_DB, "--model", BASE, "--resolution", "512", "--batch-size", "1", "--run", "plain"],
+    "lora_bf16/module_cache": [
+        *_DB,
+        *("--model", BASE, "--resolution", "512", "--batch-size", "1", "--precision", "bf16-mixed"),
+        *("--run", "module_cache"),
+    ],
+    "lora_768v/module_cache": [*_DB, "--model", V, "--resolution", "768", "--batch-size", "1", "--run", "module_cache"],
+}
+#: The order they run in (cheap and decisive first).
+ORDER = [
+    "advdm_plus/lightning_cat",
+    "advdm_plus/baseline",
+    "photoguard/lightning_cat",
+    "lora/module_cache",
+    "lora/plain",
+    "cat/lightning_cat",
+    "cat/plain",
+    "sampling/lightning_cat",
+    "sampling/baseline",
+    "purify_jpeg/lightning_cat",
+    "purify_tv/lightning_cat",
+    "purify_latent_diffpure/lightning_cat",
+    "purify_impress/lightning_cat",
+    "evaluate_latent_distortion/lightning_cat",
+    "aspl/lightning_cat",
+    "aspl/baseline",
+    "dreambooth_full_gc/lightning_cat",
+    "cat_batch4/lightning_cat",
+    "lora_bf16/module_cache",
+    "lora_768v/module_cache",
+]
+
+
+def _child_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def run_one(name: str, limit_gib: float, timeout: float) -> dict:
+    """``name`` in its own process, stopped when its RSS passes ``limit_gib``."""
+    command = EXTERNAL.get(name) or [sys.executable, __file__, "--one", name]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, stopped = 0.0, None
+    while child.poll() is None:
+        peak = max(peak, _child_rss_mb(child.pid))
+        if peak > limit_gib * 1024:
+            child.kill()
+            stopped = f"RSS passed {limit_gib} GiB"
+        elif time.perf_counter() - start > timeout:
+            child.kill()
+            stopped = f"ran past {timeout:.0f} s"
+        time.sleep(0.2)
+    stdout, stderr = child.communicate()
+    row = {"measurement": name, "wall_s": time.perf_counter() - start, "watched_peak_rss_mb": peak}
+    if stopped:
+        return row | {"fits": False, "stopped": stopped}
+    lines = [line.removeprefix("RESULT ") for line in stdout.splitlines() if line.strip().startswith(("{", "RESULT {"))]
+    if child.returncode != 0 or not lines:
+        return row | {"fits": None, "error": stderr[-1500:]}
+    result = json.loads(lines[-1])
+    if "steps_per_s" in result:  # the other scripts' format
+        result = {"seconds_per_step": 1 / result["steps_per_s"], "peak_rss_mb": result["peak_mb"]}
+    return row | {"fits": True} | result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=ORDER, help="run these measurements only")
+    parser.add_argument("--limit-gib", type=float, default=13.0, help="stop a measurement past this RSS")
+    parser.add_argument("--timeout", type=float, default=900.0, help="stop a measurement past this many seconds")
+    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--one", choices=sorted(LOCAL), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        result = LOCAL[args.one]()
+        print(json.dumps(result | {"peak_rss_mb": _hwm_mb()}))
+        return
+    output = Path(args.output)
+    rows = json.loads(output.read_text()) if output.is_file() else []
+    for name in args.only or ORDER:
+        row = run_one(name, args.limit_gib, args.timeout)
+        row["load_average"] = os.getloadavg()
+        rows = [r for r in rows if r["measurement"] != name] + [row]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(rows, indent=2) + "\n")  # after every measurement: a kill keeps the rest
+        summary = {k: row.get(k) for k in ("fits", "seconds_per_step", "peak_rss_mb", "stopped", "wall_s")}
+        print(name, json.dumps(summary), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

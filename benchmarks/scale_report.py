@@ -1,0 +1,119 @@
+"""The tables of ``benchmarks/scale.md`` from ``results/scale.json`` (written by ``scale.py``).
+
+    python benchmarks/scale_report.py
+
+Per measurement: seconds per step and peak RSS on this machine, the ratio to its baseline, and
+the GPU memory expected in bf16, split into frozen weights (2 bytes per parameter), trained
+parameters with their gradients and AdamW states (fp32: 4 + 4 + 8 bytes, as the bf16-mixed
+training keeps them) and activations. Activations are measured: the peak RSS minus the process's
+RSS before loading, minus 4 bytes per loaded parameter (the safetensors weights are memory-mapped,
+so they enter the RSS as the first step touches them, not at loading), minus the trained
+parameters' gradient and optimizer bytes, halved for bf16 (not for the ``bf16`` measurements,
+whose frozen weights, 2 bytes per parameter, and activations are in bf16 already).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scale.json"
+
+# Parameter counts of the SD 2.1 networks (the shape models have the published ones; tests/test_scale.py).
+UNET, TEXT, VAE = 865_910_724, 340_387_840, 83_653_863
+ALL = UNET + TEXT + VAE
+LORA_16, CAT_128 = 3_319_808, 27_099_136  # UNet attention LoRA rank 16; CAT "both" rank 128 (counted on the models)
+#: RSS of a process that imported torch, diffusers and lightning_cat, before any weight is read (measured:
+#: 890 MB after loading the 15 MB tiny model, 934 MB after mapping the 5 GB shape model).
+PROCESS_MB = 880
+
+#: measurement -> (what it runs, frozen parameters, trained parameters, baseline measurement)
+STAGES = {
+    "advdm_plus/lightning_cat": ("AdvDM+ 1 PGD step, 512 px, 1 image", ALL, 0, "advdm_plus/baseline"),
+    "advdm_plus/baseline": ("AdvDM+ plain PGD loop", ALL, 0, None),
+    "photoguard/lightning_cat": ("PhotoGuard (encoder) 1 PGD step, 512 px", VAE, 0, None),
+    "aspl/lightning_cat": (
+        "ASPL 1 iteration (1 surrogate step, 1 PGD step), UNet + text encoder",
+        VAE,
+        2 * (UNET + TEXT),
+        "aspl/baseline",
+    ),
+    "aspl/baseline": ("ASPL reference loop (deep copies)", VAE, 3 * (UNET + TEXT), None),
+    "cat/lightning_cat": ("CAT rank 128, batch 1, 512 px", VAE, CAT_128, "cat/plain"),
+    "cat/plain": ("CAT plain loop, batch 1", VAE, CAT_128, None),
+    "cat_batch4/lightning_cat": ("CAT rank 128, batch 4, 512 px", VAE, CAT_128, None),
+    "lora/module_cache": ("DreamBooth LoRA r16, 1+1 rows, 512 px, cached latents", ALL, LORA_16, "lora/plain"),
+    "lora/plain": ("DreamBooth LoRA, diffusers-style loop (re-encodes every step)", ALL, LORA_16, None),
+    "lora_bf16/module_cache": ("DreamBooth LoRA, bf16-mixed, 1+1 rows, 512 px", ALL, LORA_16, None),
+    "lora_768v/module_cache": ("DreamBooth LoRA, sd21-shape 768 px v-prediction, 1+1 rows", ALL, LORA_16, None),
+    "dreambooth_full_gc/lightning_cat": (
+        "DreamBooth full (UNet + text encoder), 2+2 rows, checkpointing",
+        VAE,
+        UNET + TEXT,
+        None,
+    ),
+    "sampling/lightning_cat": ("sampling, 2 steps, CFG 7.5, 512 px", ALL, 0, "sampling/baseline"),
+    "sampling/baseline": ("diffusers pipeline called directly", ALL, 0, None),
+    "purify_jpeg/lightning_cat": ("JPEG, 512 px", 0, 0, None),
+    "purify_tv/lightning_cat": ("TV denoising, 512 px", 0, 0, None),
+    "purify_latent_diffpure/lightning_cat": ("latent DiffPure, t* 100, 2 steps, 512 px", ALL, 0, None),
+    "purify_impress/lightning_cat": ("IMPRESS, 1 Adam step, 512 px", VAE, 0, None),
+    "evaluate_latent_distortion/lightning_cat": ("latent distortion (VAE), 1 pair, 512 px", VAE, 0, None),
+}
+
+
+def gpu_bf16_gb(name: str, row: dict) -> tuple[float, float, float] | None:
+    """(weights, trained parameters + gradients + AdamW, activations) in GiB expected in bf16."""
+    _, frozen, trained, _ = STAGES[name]
+    if not row.get("fits"):
+        return None
+    half = "bf16" in name  # measured under bf16-mixed: frozen weights and activations already in bf16
+    state_mb = ((2 if half else 4) * frozen + 16 * trained) / 2**20  # weights; trained weights + grads + AdamW
+    activations = max(row["peak_rss_mb"] - PROCESS_MB - state_mb, 0.0) / (1 if half else 2)
+    return (2 * frozen / 2**30, 16 * trained / 2**30, activations / 1024)
+
+
+def table(rows: list[dict]) -> str:
+    by_name = {row["measurement"]: row for row in rows}
+    lines = [
+        "| measurement | what | s / step | peak RSS (GiB) | time ratio | memory ratio | GPU bf16: weights + trained + activations (GiB) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for name, (what, *_, baseline) in STAGES.items():
+        row = by_name.get(name)
+        if row is None:
+            lines.append(f"| {name} | {what} | not run | | | | |")
+            continue
+        if row.get("fits") is None:
+            lines.append(f"| {name} | {what} | failed (its error is in results/scale.json) | | | | |")
+            continue
+        if not row.get("fits"):
+            reason = row.get("stopped")
+            reached = row["watched_peak_rss_mb"] / 1024
+            lines.append(
+                f"| {name} | {what} | does not fit ({reason}; {reached:.1f} GiB reached after {row['wall_s']:.0f} s) | | | | |"
+            )
+            continue
+        ratio_t = ratio_m = ""
+        base = by_name.get(baseline) if baseline else None
+        if base is not None and base.get("fits"):
+            ratio_t = f"{row['seconds_per_step'] / base['seconds_per_step']:.2f}"
+            ratio_m = f"{row['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
+        gpu = gpu_bf16_gb(name, row)
+        gpu_text = f"{gpu[0]:.1f} + {gpu[1]:.1f} + {gpu[2]:.1f} = {sum(gpu):.1f}" if gpu else ""
+        lines.append(
+            f"| {name} | {what} | {row['seconds_per_step']:.1f} | {row['peak_rss_mb'] / 1024:.1f} | {ratio_t} | "
+            f"{ratio_m} | {gpu_text} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
+    print(table(json.loads(path.read_text())))
+
+
+if __name__ == "__main__":
+    main()
