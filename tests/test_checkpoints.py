@@ -3,16 +3,12 @@ resumable through ``--ckpt_path`` with new command-line options winning over the
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from killing import run_and_kill_when  # tests/killing.py
 from safetensors.torch import load_file
 
 from lightning_cat.cli import main
@@ -138,17 +134,7 @@ def test_a_killed_dreambooth_run_resumed_with_ckpt_path_ends_where_an_uninterrup
 
     main(args(tmp_path / "uninterrupted", tmp_path / "uninterrupted-model"))  # also writes the class images
     checkpoint = tmp_path / "killed/checkpoints/last.ckpt"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lightning_cat", *args(tmp_path / "killed", tmp_path / "unused")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    while not checkpoint.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
+    run_and_kill_when(args(tmp_path / "killed", tmp_path / "unused"), checkpoint.is_file)
     step = torch.load(checkpoint, weights_only=True)["global_step"]
     assert 0 < step < 16 and not (tmp_path / "unused").exists()
 

@@ -4,17 +4,13 @@ mid-way resumes from its last checkpoint to the result an uninterrupted run give
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from killing import run_and_kill_when  # tests/killing.py
 from safetensors.torch import load_file
 
 from lightning_cat.experiment import ExperimentRunner, load_experiment_config
@@ -91,17 +87,7 @@ def test_a_killed_cat_stage_resumes_from_its_checkpoint_to_the_uninterrupted_res
     killed = _experiment(tmp_path, photos_dir, tmp_path / "killed")
     partial = tmp_path / "killed/cat/photos/clean/both.partial"
     checkpoint = partial / "checkpoints/last.ckpt"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lightning_cat", "experiment", "--config", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    while not checkpoint.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
+    run_and_kill_when(["experiment", "--config", str(killed)], checkpoint.is_file)
     assert checkpoint.is_file(), "the CAT stage wrote no checkpoint before the deadline"
     saved = torch.load(checkpoint, weights_only=True)
     assert 0 < saved["global_step"] < CAT_STEPS and saved["global_step"] % EVERY == 0

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from lightning_cat.imageset import JOURNAL, read_manifest
 from lightning_cat.protections.base import Protection
 
 sys.path.insert(0, str(Path(__file__).parent))
+from killing import run_and_kill_when  # noqa: E402
 from protect_kill_run import BATCH_SIZE, protect  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "protect_kill_run.py"
@@ -157,19 +157,8 @@ def kill_grid_during(experiment: Path, stage: str) -> None:
     """Start the runner as its own process group and SIGKILL the group shortly into ``stage`` (a
     path under the run directory, e.g. ``protect/photos/advdm_plus``), before it finishes."""
     partial = experiment.parent / "run" / f"{stage}.partial"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lightning_cat", "experiment", "--config", str(experiment)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while not partial.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the stage's work (the shortest, CAT, takes about a second here)
-    alive = process.poll() is None
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
+    # settle: into the stage's work (the shortest, CAT, takes about a second here)
+    alive = run_and_kill_when(["experiment", "--config", str(experiment)], partial.exists, timeout=300, settle=0.3)
     assert alive and partial.exists(), f"the runner did not stop inside {stage}"
     assert not (partial.parent / stage.rsplit("/", 1)[-1] / MARKER).exists()  # killed before it finished
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lightning_cat.diffusion.tiny import build_once, diffusers_version, write_clip_tokenizer
+from lightning_cat.diffusion.tiny import build_once, write_clip_tokenizer, write_model_index
 
 __all__ = ["SHAPE_MODELS", "SHAPE_RESOLUTIONS", "ensure_shape_model", "shape_configs", "write_shape_configs"]
 
@@ -174,20 +174,7 @@ def write_shape_configs(folder: Path, name: str) -> None:
         folder / "scheduler"
     )
     _write_sd2_tokenizer(folder / "tokenizer")
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
-        "diffusers_version": diffusers_version(),
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", configs["scheduler"]["_class_name"]],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2), encoding="utf-8")
+    write_model_index(folder, configs["scheduler"]["_class_name"])
 
 
 def _build(folder: Path, name: str) -> None:

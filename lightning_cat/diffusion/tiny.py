@@ -160,6 +160,11 @@ def _build(folder: Path, prediction_type: str) -> None:
     text_encoder.save_pretrained(folder / "text_encoder")
     scheduler.save_pretrained(folder / "scheduler")
     write_clip_tokenizer(folder / "tokenizer")
+    write_model_index(folder, "DDIMScheduler")
+
+
+def write_model_index(folder: Path, scheduler_class: str) -> None:
+    """Write the ``model_index.json`` of a Stable Diffusion pipeline folder (no safety checker)."""
     model_index = {
         "_class_name": "StableDiffusionPipeline",
         "diffusers_version": diffusers_version(),
@@ -167,7 +172,7 @@ def _build(folder: Path, prediction_type: str) -> None:
         "image_encoder": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", scheduler_class],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
