@@ -1,4 +1,4 @@
-"""Load Stable Diffusion components from a local diffusers folder, a hub id, or ``tiny``.
+"""Load Stable Diffusion components from a local diffusers folder, a hub id, ``tiny`` or ``testbed``.
 
 Every module loads its model through :func:`load_components` (or :func:`load_vae` /
 :func:`build_pipeline`), so a real checkpoint and the offline tiny model take exactly the same
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from lightning_cat.diffusion.hub import HUB_MODELS, LOCAL_FOLDER_HINT, resolve_hub_name
+from lightning_cat.diffusion.testbed import TESTBED_MODELS, testbed_model_path
 from lightning_cat.diffusion.tiny import TINY_MODELS, ensure_tiny_model
 from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
 
@@ -103,7 +104,7 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
     name = str(pretrained_model_name_or_path).strip()
     if not name:
         raise ValueError("pretrained_model_name_or_path is empty; give a diffusers folder, a hub id or 'tiny'")
-    if name in TINY_MODELS or name in TINY_UPSCALERS or name in HUB_MODELS:
+    if name in TINY_MODELS or name in TESTBED_MODELS or name in TINY_UPSCALERS or name in HUB_MODELS:
         return
     local = Path(name).expanduser()
     if local.exists():
@@ -111,7 +112,7 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
             raise FileNotFoundError(f"pretrained_model_name_or_path '{name}' is a file, not a diffusers folder")
         return
     if _looks_like_path(name):
-        known = sorted(TINY_MODELS) + list(TINY_UPSCALERS) + list(HUB_MODELS)
+        known = sorted(TINY_MODELS) + list(TESTBED_MODELS) + list(TINY_UPSCALERS) + list(HUB_MODELS)
         raise FileNotFoundError(
             f"pretrained_model_name_or_path '{name}' looks like a local path but does not exist "
             f"(or use a hub id, or one of {known})"
@@ -121,8 +122,9 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
 
 def resolve_model_path(pretrained_model_name_or_path: str) -> str:
     """Map a name to what ``from_pretrained`` takes: ``tiny``/``tiny-v``/``tiny-upscaler`` to their built
-    cache folder, a short hub name (``sd21-base``, see :data:`~lightning_cat.diffusion.hub.HUB_MODELS`) to its
-    hub id, a local folder to its path; other hub ids pass through.
+    cache folder, ``testbed`` to the trained model folder shipped in the package, a short hub name
+    (``sd21-base``, see :data:`~lightning_cat.diffusion.hub.HUB_MODELS`) to its hub id, a local
+    folder to its path; other hub ids pass through.
 
     Raises:
         FileNotFoundError: for a path-like name that does not exist locally.
@@ -132,6 +134,8 @@ def resolve_model_path(pretrained_model_name_or_path: str) -> str:
     name = str(pretrained_model_name_or_path).strip()
     if name in TINY_MODELS:
         return str(ensure_tiny_model(name))
+    if name in TESTBED_MODELS:
+        return str(testbed_model_path(name))
     if name in TINY_UPSCALERS:
         return str(ensure_tiny_upscaler(name))
     local = Path(name).expanduser()
