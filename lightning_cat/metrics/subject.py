@@ -12,6 +12,8 @@
   noise gives 0 and the random ``tiny`` model's coloured noise 0.49; so samples of such a prompt
   whose mean is 0.7 or more are images, not noise. Texture photographs (brick, grass, gravel,
   the Hubble deep field) are noise-like at 64 px (0.38-0.48): the measure does not apply to them.
+  It does not rule out smooth garbage (an untrained UNet decoded by a trained VAE gives 0.83),
+  so the testbed's "not noise" check pairs it with BRISQUE (see tests/test_testbed_model.py).
 """
 
 from __future__ import annotations
