@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--protections", nargs="+", help="default: the experiment's (clean, advdm_plus, ...)")
     parser.add_argument("--defenses", nargs="+", help="default: the experiment's")
     parser.add_argument("--eps", nargs="+", type=float, help="eps_255 sweep (default: the experiment's 8 16)")
+    parser.add_argument("--model", help="another diffusers folder of the same shape (default: testbed)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,6 +132,8 @@ def main() -> None:
         overrides["defenses"] = args.defenses
     if args.eps:
         overrides["sweep"] = {"eps_255": args.eps}
+    if args.model:
+        overrides["model"] = args.model
     config = load_experiment_config(EXPERIMENT, overrides)  # every name is checked before anything runs
     start = time.time()
     runner = ExperimentRunner(config)
