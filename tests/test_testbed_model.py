@@ -160,6 +160,7 @@ def test_customization_beats_the_base_model_on_the_subject(tmp_path, finetune):
     customized = _samples(load_customized_components(str(out))[0], prompt)
     base_score = nearest_subject_similarity(base, subject).mean().item()
     customized_score = nearest_subject_similarity(customized, subject).mean().item()
+    print(f"{finetune}: nearest-subject SSIM customized {customized_score:.4f}, base {base_score:.4f}")
     assert customized_score > base_score, (customized_score, base_score)
     _assert_images_not_noise(customized, f"{finetune} samples")
 
