@@ -1,4 +1,5 @@
-"""Evaluator of generated images against the subject's clean images: FID, CLIP-IQA(C), FDFR, ISM, BRISQUE.
+"""Evaluator of generated images against the subject's clean images: FID, CLIP-IQA(C), FDFR, ISM, BRISQUE,
+nearest-subject SSIM/PSNR and pixel correlation.
 
 Usage (YAML, under ``trainer.callbacks``)::
 
@@ -14,7 +15,7 @@ Usage (YAML, under ``trainer.callbacks``)::
 or in Python: ``Trainer(callbacks=[GeneratedImageEvaluator(fid_extractor="random", clip_backend="tiny")])``.
 The module's ``test_step`` / ``validation_step`` returns (or its batch holds) ``generated``: float
 images ``[B, 3, H, W]`` in ``[-1, 1]``. Logged names: ``fid``, ``clip_iqa``, ``clip_iqac``,
-``fdfr``, ``ism``, ``brisque`` and any plug-in metric's name (plug-ins get ``update(generated)``), each with
+``fdfr``, ``ism``, ``brisque``, ``subject_ssim``, ``subject_psnr``, ``pixel_correlation`` and any plug-in metric's name (plug-ins get ``update(generated)``), each with
 ``prefix`` in front.
 """
 
@@ -35,6 +36,8 @@ from lightning_cat.metrics import (
     FDFR,
     FID,
     ISM,
+    NearestSubjectSimilarity,
+    PixelCorrelation,
     RandomFeatureExtractor,
     load_inception,
     load_shared_clip,
@@ -86,6 +89,11 @@ class GeneratedImageEvaluator(MetricEvaluator):
         face_models_dir: local insightface model folder, e.g. ``buffalo_l`` (``insightface``).
         ism_face: the face ISM embeds in each image: ``most_confident`` or ``largest`` (the papers').
         brisque: compute BRISQUE (model files of ``pip install --no-deps brisque==0.2.0``).
+        subject_similarity: compute ``subject_ssim`` and ``subject_psnr``: each generated image's best
+            SSIM / PSNR against any reference (subject) image, averaged (weight-free; see
+            :mod:`lightning_cat.metrics.subject`).
+        pixel_correlation: compute ``pixel_correlation``, the neighbouring-pixel correlation
+            (photographs about 0.9, noise about 0).
         metrics: extra metrics (name -> torchmetrics Metric with ``update(generated)``).
         batch_size: batch size for reference images.
         prefix: prepended to logged names.
@@ -117,6 +125,8 @@ class GeneratedImageEvaluator(MetricEvaluator):
         face_models_dir: str | None = None,
         ism_face: FaceChoice = "most_confident",
         brisque: bool = False,
+        subject_similarity: bool = False,
+        pixel_correlation: bool = False,
         metrics: dict[str, Metric] | None = None,
         batch_size: int = 16,
         prefix: str = "",
@@ -156,6 +166,11 @@ class GeneratedImageEvaluator(MetricEvaluator):
                 self.metrics["ism"] = ISM(detector, embedder, face=ism_face)
         if brisque:
             self.metrics["brisque"] = BRISQUE()
+        if subject_similarity:
+            self.metrics["subject_ssim"] = NearestSubjectSimilarity("ssim")
+            self.metrics["subject_psnr"] = NearestSubjectSimilarity("psnr")
+        if pixel_correlation:
+            self.metrics["pixel_correlation"] = PixelCorrelation()
         self.add_metrics(metrics)
 
     @staticmethod
@@ -189,7 +204,7 @@ class GeneratedImageEvaluator(MetricEvaluator):
         root = self.reference_root or getattr(datamodule, "reference_root", None)
         if root is None:
             raise ValueError(
-                f"{type(self).__name__}: FID and ISM need the subject's clean images: set reference_root "
+                f"{type(self).__name__}: FID, ISM and subject_ssim/psnr need the subject's clean images: set reference_root "
                 "(or use a datamodule with a reference_root, e.g. EvaluationDataModule)"
             )
         resolution = self.reference_resolution
@@ -201,13 +216,16 @@ class GeneratedImageEvaluator(MetricEvaluator):
         return root, ImageTransform(resolution=resolution, crop="center", small_images="upscale")
 
     def prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._prepared or not ({"fid", "ism"} & set(self.metrics)):
+        if self._prepared or not ({"fid", "ism", "subject_ssim"} & set(self.metrics)):
             return
         root, transform = self._reference(trainer)
         if "fid" in self.metrics:
             self.metrics["fid"].set_reference_folder(root, transform, self.batch_size, self.statistics_cache)
         if "ism" in self.metrics:
             self.metrics["ism"].set_reference_folder(root, transform, self.batch_size)
+        for name in ("subject_ssim", "subject_psnr"):
+            if name in self.metrics:
+                self.metrics[name].set_reference_folder(root, transform, self.batch_size)
         self._prepared = True
 
     def update_metrics(self, inputs: Mapping[str, Any]) -> None:

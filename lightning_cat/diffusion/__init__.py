@@ -28,6 +28,7 @@ from lightning_cat.diffusion.loading import (
     resolve_model_path,
     weight_dtype,
 )
+from lightning_cat.diffusion.testbed import TESTBED_MODELS, TESTBED_RESOLUTION, testbed_model_path
 from lightning_cat.diffusion.text import encode_prompts, tokenize_prompts
 from lightning_cat.diffusion.tiny import TINY_MODELS, TINY_RESOLUTION, ensure_tiny_model
 from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
@@ -37,6 +38,8 @@ __all__ = [
     "HUB_MODELS",
     "REMOVED_HUB_IDS",
     "SCHEDULERS",
+    "TESTBED_MODELS",
+    "TESTBED_RESOLUTION",
     "TINY_MODELS",
     "TINY_RESOLUTION",
     "TINY_UPSCALERS",
@@ -62,6 +65,7 @@ __all__ = [
     "sample_noise_and_timesteps",
     "scale_latents",
     "snr_weights",
+    "testbed_model_path",
     "tokenize_prompts",
     "training_target",
     "unscale_latents",

@@ -1,4 +1,4 @@
-"""Load Stable Diffusion components from a local diffusers folder, a hub id, or ``tiny``.
+"""Load Stable Diffusion components from a local diffusers folder, a hub id, ``tiny`` or ``testbed``.
 
 Every module loads its model through :func:`load_components` (or :func:`load_vae` /
 :func:`build_pipeline`), so a real checkpoint and the offline tiny model take exactly the same
@@ -18,6 +18,7 @@ import torch
 
 from lightning_cat.diffusion.hub import HUB_MODELS, LOCAL_FOLDER_HINT, resolve_hub_name
 from lightning_cat.diffusion.shape import SHAPE_MODELS, ensure_shape_model
+from lightning_cat.diffusion.testbed import TESTBED_MODELS, testbed_model_path
 from lightning_cat.diffusion.tiny import TINY_MODELS, ensure_tiny_model
 from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
 
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "noise_scheduler")
+#: Names of the models the library builds (tiny, shape) or ships (testbed) rather than downloads.
+_BUILT_OR_SHIPPED = (*sorted(TINY_MODELS), *TESTBED_MODELS, *TINY_UPSCALERS, *SHAPE_MODELS)
 
 #: Inference schedulers selectable by name; ``default`` is the one the checkpoint ships.
 SCHEDULERS = {
@@ -104,7 +107,7 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
     name = str(pretrained_model_name_or_path).strip()
     if not name:
         raise ValueError("pretrained_model_name_or_path is empty; give a diffusers folder, a hub id or 'tiny'")
-    if name in TINY_MODELS or name in TINY_UPSCALERS or name in SHAPE_MODELS or name in HUB_MODELS:
+    if name in _BUILT_OR_SHIPPED or name in HUB_MODELS:
         return
     local = Path(name).expanduser()
     if local.exists():
@@ -112,7 +115,7 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
             raise FileNotFoundError(f"pretrained_model_name_or_path '{name}' is a file, not a diffusers folder")
         return
     if _looks_like_path(name):
-        known = sorted(TINY_MODELS) + list(TINY_UPSCALERS) + list(SHAPE_MODELS) + list(HUB_MODELS)
+        known = list(_BUILT_OR_SHIPPED) + list(HUB_MODELS)
         raise FileNotFoundError(
             f"pretrained_model_name_or_path '{name}' looks like a local path but does not exist "
             f"(or use a hub id, or one of {known})"
@@ -122,8 +125,10 @@ def check_model_name(pretrained_model_name_or_path: str) -> None:
 
 def resolve_model_path(pretrained_model_name_or_path: str) -> str:
     """Map a name to what ``from_pretrained`` takes: ``tiny``/``tiny-v``/``tiny-upscaler`` and the shape
-    models ``sd21-base-shape``/``sd21-shape`` to their built cache folder, a short hub name (``sd21-base``, see :data:`~lightning_cat.diffusion.hub.HUB_MODELS`) to its
-    hub id, a local folder to its path; other hub ids pass through.
+    models ``sd21-base-shape``/``sd21-shape`` to their built cache folder, ``testbed`` to the trained
+    model folder shipped in the package, a short hub name (``sd21-base``, see
+    :data:`~lightning_cat.diffusion.hub.HUB_MODELS`) to its hub id, a local folder to its path; other
+    hub ids pass through.
 
     Raises:
         FileNotFoundError: for a path-like name that does not exist locally.
@@ -133,6 +138,8 @@ def resolve_model_path(pretrained_model_name_or_path: str) -> str:
     name = str(pretrained_model_name_or_path).strip()
     if name in TINY_MODELS:
         return str(ensure_tiny_model(name))
+    if name in TESTBED_MODELS:
+        return str(testbed_model_path(name))
     if name in TINY_UPSCALERS:
         return str(ensure_tiny_upscaler(name))
     if name in SHAPE_MODELS:

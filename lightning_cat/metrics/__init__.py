@@ -26,6 +26,12 @@ from lightning_cat.metrics.fid import FID, default_statistics_cache, reference_c
 from lightning_cat.metrics.folders import iter_image_batches
 from lightning_cat.metrics.latent_distortion import LatentDistortion
 from lightning_cat.metrics.similarity import PSNR, SSIM, LPIPSDistance, per_image_psnr
+from lightning_cat.metrics.subject import (
+    NearestSubjectSimilarity,
+    PixelCorrelation,
+    nearest_subject_similarity,
+    pixel_correlation,
+)
 
 __all__ = [
     "BRISQUE",
@@ -52,6 +58,8 @@ __all__ = [
     "MTCNNDetector",
     "LPIPSDistance",
     "LatentDistortion",
+    "NearestSubjectSimilarity",
+    "PixelCorrelation",
     "RandomFeatureExtractor",
     "antonym_probabilities",
     "brisque_features",
@@ -65,7 +73,9 @@ __all__ = [
     "load_face_models",
     "load_inception",
     "module_identity",
+    "nearest_subject_similarity",
     "per_image_psnr",
+    "pixel_correlation",
     "reference_cache_key",
     "select_face",
     "without_positional_embedding",
