@@ -97,7 +97,12 @@ def run_lightning(args) -> dict:
 
     torch.manual_seed(0)
     timer = Timer()
-    module = CATAdapterModule(args.model, adapter_variant=args.variant, lora_rank=args.rank)
+    module = CATAdapterModule(
+        args.model,
+        adapter_variant=args.variant,
+        lora_rank=args.rank,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     trainer = Trainer(
         accelerator="gpu" if args.device.startswith("cuda") else "cpu",
         devices=1,
@@ -125,6 +130,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="the module's VAE gradient checkpointing (lightning only)"
+    )
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--only", choices=["plain", "lightning"], help=argparse.SUPPRESS)
     args = parser.parse_args()

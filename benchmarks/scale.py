@@ -213,6 +213,8 @@ _CAT += ["--steps", "1", "--warmup", "0", "--threads", "1"]
 _DB = [sys.executable, str(HERE / "dreambooth_throughput.py"), "--steps", "1", "--warmup", "0"]
 EXTERNAL = {
     "cat_batch4/lightning_cat": [*_CAT, "--batch-size", "4", "--only", "lightning"],
+    "cat_batch4_gc/lightning_cat": [*_CAT, "--batch-size", "4", "--only", "lightning", "--gradient-checkpointing"],
+    "cat_gc/lightning_cat": [*_CAT, "--batch-size", "1", "--only", "lightning", "--gradient-checkpointing"],
     "cat/lightning_cat": [*_CAT, "--batch-size", "1", "--only", "lightning"],
     "cat/plain": [*_CAT, "--batch-size", "1", "--only", "plain"],
     "lora/module_cache": [*_DB, "--model", BASE, "--resolution", "512", "--batch-size", "1", "--run", "module_cache"],
@@ -244,6 +246,8 @@ ORDER = [
     "aspl/baseline",
     "dreambooth_full_gc/lightning_cat",
     "cat_batch4/lightning_cat",
+    "cat_gc/lightning_cat",
+    "cat_batch4_gc/lightning_cat",
     "lora_bf16/module_cache",
     "lora_768v/module_cache",
 ]
