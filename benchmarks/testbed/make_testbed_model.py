@@ -1,5 +1,6 @@
 """Build the ``testbed`` model: a trained, Stable-Diffusion-shaped text-to-image model for CPUs.
 
+    pip install -c constraints.txt -e ".[recipe]"        # scikit-learn: two of the photographs
     python benchmarks/testbed/make_testbed_model.py      # writes lightning_cat/diffusion/testbed_model
 
 Design (fixed before training; see ``lightning_cat/diffusion/testbed_model/DATA_CARD.md``):
