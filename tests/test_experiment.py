@@ -205,6 +205,14 @@ def test_shipped_experiments_are_valid_and_plan(name, photos_dir):
     assert len([s for s in stages if s.key[0] == "evaluate"]) == cells
 
 
+def test_overrides_replace_the_files_entries_verbatim(tmp_path, photos_dir):
+    run_dir = tmp_path / "elsewhere" / "run"
+    overrides = {"run_dir": str(run_dir), "subjects": {"subject_a": photos_dir}, "seed": 3}
+    config = load_experiment_config(ROOT / "configs/experiment/liu_sd21.yaml", overrides)
+    assert Path(config.run_dir) == run_dir and config.seed == 3
+    assert config.subjects["subject_a"] == [str(photos_dir)]
+
+
 def test_every_model_based_purifier_composes_with_cdl(experiment_file, tmp_path):
     """purify:<name>+cdl for each model-based purifier: the purified set is what CDL trains on."""
 

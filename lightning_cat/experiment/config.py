@@ -310,8 +310,9 @@ def load_experiment_config(
     """
     args = ["--config", str(path)]
     for key, value in (overrides or {}).items():
-        if value is not None:
-            args += [f"--{key}", json.dumps(value)]
+        if value is not None:  # a string as it is (JSON would quote it into the value), the rest as JSON
+            text = str(value) if isinstance(value, str | os.PathLike) else json.dumps(value, default=str)
+            args += [f"--{key}", text]
     return resolve_experiment(parse_experiment_args(args), require_subjects=require_subjects)
 
 
