@@ -182,7 +182,7 @@ def train(args, folder: Path) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from lightning_cat.diffusion.tiny import diffusers_version, write_clip_tokenizer
+    from lightning_cat.diffusion.tiny import write_clip_tokenizer, write_model_index
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -255,20 +255,7 @@ def train(args, folder: Path) -> dict:
     ema.save_pretrained(folder / "unet", safe_serialization=True)
     text_encoder.eval().save_pretrained(folder / "text_encoder", safe_serialization=True)
     DDIMScheduler(**scheduler_config).save_pretrained(folder / "scheduler")
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
-        "diffusers_version": diffusers_version(),
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2), encoding="utf-8")
+    write_model_index(folder, "DDIMScheduler")
     return {
         "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
         "sources": SOURCES,
