@@ -88,6 +88,12 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def two_photos(photos_dir, image_folder):
+    """A folder with two of the test photographs (astronaut, coffee)."""
+    return image_folder(photos_dir / "astronaut.png", photos_dir / "coffee.png", name="protected")
+
+
+@pytest.fixture
 def image_folder(tmp_path):
     """Factory: a folder holding copies of the given files."""
 

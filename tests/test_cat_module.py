@@ -8,40 +8,16 @@ import os
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from peft import PeftModel
+from training import first_batch, quiet_trainer  # tests/training.py
 
 from lightning_cat.datamodules import ImageFolderDataModule
 from lightning_cat.diffusion import load_vae
 from lightning_cat.modules import CATAdapterModule
 
 
-def _trainer(tmp_path, max_steps, **kwargs):
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-def two_photos(photos_dir, image_folder):
-    return image_folder(photos_dir / "astronaut.png", photos_dir / "coffee.png", name="protected")
-
-
-def _fixed_batch(folder):
-    data = ImageFolderDataModule(str(folder), resolution=64, batch_size=2, shuffle=False)
-    return next(iter(data.train_dataloader())), data
-
-
 def test_fit_trains_only_lora_and_exports_a_peft_adapter(two_photos, tmp_path):
-    batch, data = _fixed_batch(two_photos)
+    batch, data = first_batch(two_photos)
     module = CATAdapterModule(lora_rank=4, learning_rate=1e-3, output_dir=str(tmp_path / "adapter"))
     base = load_vae("tiny")
     images = batch["image"]
@@ -55,7 +31,7 @@ def test_fit_trains_only_lora_and_exports_a_peft_adapter(two_photos, tmp_path):
         loss_before = module.cat_loss(module.vae, images).loss.item()
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
 
-    _trainer(tmp_path, max_steps=12).fit(module, data)
+    quiet_trainer(tmp_path, max_steps=12).fit(module, data)
 
     changed = {name for name, p in module.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all("lora_" in name for name in changed)
@@ -75,9 +51,9 @@ def test_fit_trains_only_lora_and_exports_a_peft_adapter(two_photos, tmp_path):
 
 
 def test_decoder_variant_keeps_encoder_latents_exactly(two_photos, tmp_path):
-    batch, data = _fixed_batch(two_photos)
+    batch, data = first_batch(two_photos)
     module = CATAdapterModule(adapter_variant="decoder", lora_rank=4, learning_rate=1e-2)
-    _trainer(tmp_path, max_steps=2).fit(module, data)
+    quiet_trainer(tmp_path, max_steps=2).fit(module, data)
     base = load_vae("tiny")
     with torch.no_grad():
         latents = base.encode(batch["image"]).latent_dist.mean
@@ -87,7 +63,7 @@ def test_decoder_variant_keeps_encoder_latents_exactly(two_photos, tmp_path):
 
 @pytest.mark.parametrize("max_grad_norm", [None, 1e-4])
 def test_gradient_clipping_only_when_asked(two_photos, tmp_path, max_grad_norm):
-    _, data = _fixed_batch(two_photos)
+    _, data = first_batch(two_photos)
     module = CATAdapterModule(lora_rank=4)
     norms = []
 
@@ -95,7 +71,7 @@ def test_gradient_clipping_only_when_asked(two_photos, tmp_path, max_grad_norm):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
 
-    trainer = _trainer(tmp_path, max_steps=2, gradient_clip_val=max_grad_norm)
+    trainer = quiet_trainer(tmp_path, max_steps=2, gradient_clip_val=max_grad_norm)
     original = module.configure_optimizers
 
     def configure_optimizers():
@@ -113,9 +89,9 @@ def test_gradient_clipping_only_when_asked(two_photos, tmp_path, max_grad_norm):
 
 
 def test_bf16_mixed_keeps_lora_in_fp32(two_photos, tmp_path):
-    _, data = _fixed_batch(two_photos)
+    _, data = first_batch(two_photos)
     module = CATAdapterModule(lora_rank=4, output_dir=str(tmp_path / "adapter"))
-    _trainer(tmp_path, max_steps=1, precision="bf16-mixed").fit(module, data)
+    quiet_trainer(tmp_path, max_steps=1, precision="bf16-mixed").fit(module, data)
     frozen = {p.dtype for n, p in module.vae.named_parameters() if "lora_" not in n}
     trainable = {p.dtype for n, p in module.vae.named_parameters() if "lora_" in n}
     assert frozen == {torch.bfloat16} and trainable == {torch.float32}
@@ -125,7 +101,7 @@ def test_bf16_mixed_keeps_lora_in_fp32(two_photos, tmp_path):
 
 
 def test_training_step_never_reads_clean_images(two_photos):
-    batch, _ = _fixed_batch(two_photos)
+    batch, _ = first_batch(two_photos)
     module = CATAdapterModule(lora_rank=4)
     batch["clean"] = torch.full_like(batch["image"], float("nan"))
     module.log_dict = lambda *args, **kwargs: None  # no trainer attached
@@ -164,13 +140,13 @@ def test_existing_output_dir_is_refused(tmp_path):
 
 
 def test_lpips_loss_trains(two_photos, tmp_path):
-    batch, data = _fixed_batch(two_photos)
+    batch, data = first_batch(two_photos)
     module = CATAdapterModule(lora_rank=4, loss="mse+lpips", lpips_random_backbone=True, learning_rate=1e-3)
     with torch.no_grad():
         before = module.cat_loss(module.vae, batch["image"])
     assert before.mse is not None and before.lpips is not None
     assert torch.isclose(before.loss, before.mse + before.lpips)
-    _trainer(tmp_path, max_steps=3).fit(module, data)
+    quiet_trainer(tmp_path, max_steps=3).fit(module, data)
     with torch.no_grad():
         assert module.cat_loss(module.vae, batch["image"]).loss < before.loss
     checkpoint = {"state_dict": module.state_dict()}
@@ -183,5 +159,5 @@ def test_non_finite_loss_stops_training_and_writes_nothing(two_photos, tmp_path)
     module = CATAdapterModule(lora_rank=2, learning_rate=1e30, output_dir=str(tmp_path / "adapter"))
     data = ImageFolderDataModule(str(two_photos), resolution=64, batch_size=2)
     with pytest.raises(FloatingPointError, match=r"CATAdapterModule: loss is (nan|inf) at step \d+"):
-        _trainer(tmp_path, 50).fit(module, data)
+        quiet_trainer(tmp_path, 50).fit(module, data)
     assert not (tmp_path / "adapter").exists()

@@ -8,36 +8,13 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from lightning.pytorch import Trainer
 from peft import PeftModel
+from training import first_batch, quiet_trainer  # tests/training.py
 
 from lightning_cat.cat import cat_base_model_name, per_image_noise
-from lightning_cat.datamodules import ImageFolderDataModule
 from lightning_cat.diffusion import load_vae
 from lightning_cat.diffusion.latents import latent_shape
 from lightning_cat.modules import CATAdapterModule
-
-
-@pytest.fixture
-def protected(photos_dir, image_folder):
-    return image_folder(photos_dir / "astronaut.png", photos_dir / "coffee.png", name="protected")
-
-
-def _batch(folder):
-    data = ImageFolderDataModule(str(folder), resolution=64, batch_size=2, shuffle=False)
-    return next(iter(data.train_dataloader())), data
-
-
-def _trainer(tmp_path, max_steps):
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
 
 
 def _loss_and_gradients(module, images):
@@ -48,8 +25,8 @@ def _loss_and_gradients(module, images):
     return output.loss.detach(), grads
 
 
-def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients(protected):
-    batch, _ = _batch(protected)
+def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients(two_photos):
+    batch, _ = first_batch(two_photos)
     images = batch["image"]
     results, forward_calls, lora = {}, {}, None
     for checkpointing in (False, True):
@@ -82,15 +59,15 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
         torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-5, atol=1e-7)
 
 
-def test_adamw_8bit_optimizer_trains(protected, tmp_path):
+def test_adamw_8bit_optimizer_trains(two_photos, tmp_path):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes
 
-    batch, data = _batch(protected)
+    batch, data = first_batch(two_photos)
     module = CATAdapterModule(lora_rank=4, learning_rate=1e-3, optimizer="adamw_8bit")
     with torch.no_grad():
         before = module.cat_loss(module.vae, batch["image"]).loss.item()
-    trainer = _trainer(tmp_path, max_steps=12)
+    trainer = quiet_trainer(tmp_path, max_steps=12)
     trainer.fit(module, data)
     assert isinstance(trainer.optimizers[0], bitsandbytes.optim.AdamW8bit)
     with torch.no_grad():
@@ -103,10 +80,10 @@ def test_unknown_optimizer_is_refused_with_the_choices():
         CATAdapterModule(lora_rank=4, optimizer="adamw_4bit")
 
 
-def test_export_names_its_base_vae_and_reloads_with_peft_alone(protected, tiny_model_path, tmp_path):
-    batch, data = _batch(protected)
+def test_export_names_its_base_vae_and_reloads_with_peft_alone(two_photos, tiny_model_path, tmp_path):
+    batch, data = first_batch(two_photos)
     module = CATAdapterModule(lora_rank=4, learning_rate=1e-3, output_dir=str(tmp_path / "adapter"))
-    _trainer(tmp_path, max_steps=2).fit(module, data)
+    quiet_trainer(tmp_path, max_steps=2).fit(module, data)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model_path.resolve() / "vae") == cat_base_model_name("tiny")
     # the recorded name alone loads the VAE, and peft puts the adapter back onto it
