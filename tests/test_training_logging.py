@@ -64,11 +64,6 @@ class ImageRecorder(Logger):
         self.images.append((key, [image.shape for image in images], step))
 
 
-@pytest.fixture
-def two_photos(photos_dir, image_folder):
-    return image_folder(photos_dir / "astronaut.png", photos_dir / "coffee.png", name="two")
-
-
 def test_cat_logs_losses_learning_rate_and_reconstructions(two_photos, tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="cat")
     recorder = ImageRecorder()
