@@ -24,7 +24,8 @@ def protect(
     kill_before_batch: int | None = None,
 ) -> None:
     """Protect ``root`` into ``output_dir`` (AdvDM+, 32 px, 4 steps); SIGKILL before batch ``kill_before_batch``."""
-    from lightning.pytorch import Callback, Trainer, seed_everything
+    from lightning.pytorch import Callback, seed_everything
+    from training import quiet_trainer  # tests/training.py (this script's folder is on sys.path)
 
     from lightning_cat.datamodules import ImageFolderDataModule
     from lightning_cat.modules import ProtectionModule
@@ -39,15 +40,8 @@ def protect(
     model = ProtectionModule(
         method="advdm_plus", output_dir=output_dir, overwrite=overwrite, steps=4, alpha_255=4, seed=seed
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=run_dir,
-        callbacks=[KillBeforeBatch()] if kill_before_batch is not None else [],
+    trainer = quiet_trainer(
+        run_dir, max_epochs=1, callbacks=[KillBeforeBatch()] if kill_before_batch is not None else []
     )
     trainer.fit(model, data)
 

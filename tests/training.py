@@ -7,7 +7,7 @@ from lightning.pytorch import Trainer
 from lightning_cat.datamodules import ImageFolderDataModule
 
 
-def quiet_trainer(tmp_path, max_steps: int, **kwargs) -> Trainer:
+def quiet_trainer(tmp_path, max_steps: int = -1, **kwargs) -> Trainer:
     """A one-device CPU Trainer without logger, checkpoints, progress bar or model summary."""
     return Trainer(
         accelerator="cpu",
