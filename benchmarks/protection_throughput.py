@@ -160,7 +160,9 @@ def _train_one_epoch(components, models, data, steps: int, lr: float):
     return [unet, text_encoder]
 
 
-def baseline_aspl(components, images, iterations: int, pgd_steps: int, eps: float, alpha: float):
+def baseline_aspl(
+    components, images, iterations: int, pgd_steps: int, eps: float, alpha: float, surrogate_steps: int = 3
+):
     import torch
     import torch.nn.functional as F
 
@@ -176,7 +178,7 @@ def baseline_aspl(components, images, iterations: int, pgd_steps: int, eps: floa
     perturbed = images.clone()
     for _ in range(iterations):
         f_sur = copy.deepcopy(f)
-        f_sur = _train_one_epoch(components, f_sur, images, 3, 5e-7)
+        f_sur = _train_one_epoch(components, f_sur, images, surrogate_steps, 5e-7)
         unet, text_encoder = f_sur
         unet.requires_grad_(False)
         text_encoder.requires_grad_(False)
@@ -190,7 +192,7 @@ def baseline_aspl(components, images, iterations: int, pgd_steps: int, eps: floa
             (grad,) = torch.autograd.grad(loss, perturbed)
             perturbed = perturbed.detach() + alpha * grad.sign()
             perturbed = torch.clamp(images + torch.clamp(perturbed - images, -eps, eps), -1, 1).detach()
-        f = _train_one_epoch(components, f, perturbed, 3, 5e-7)
+        f = _train_one_epoch(components, f, perturbed, surrogate_steps, 5e-7)
     return perturbed
 
 

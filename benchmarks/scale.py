@@ -70,10 +70,16 @@ def _timed(run) -> float:
 # ----------------------------------------------------------------------------- stages run here
 
 
-def protect(method: str, implementation: str, model: str, resolution: int) -> dict:
-    """One PGD step (one outer iteration with one surrogate step for the surrogate methods)."""
+def protect(method: str, implementation: str, model: str, resolution: int, dtype: str = "float32", **options) -> dict:
+    """One PGD step (one outer iteration with one surrogate step for the surrogate methods).
+
+    ``dtype="bfloat16"`` (ASPL): the reference's dtype; its loop casts every model to it, ours
+    the surrogate's weights (``surrogate_dtype``). ``options`` go to ours (e.g. ``theta_stash``);
+    with any, both sides train on the one image without prior rows, as the baseline does.
+    """
     sys.path.insert(0, str(HERE))
     import protection_throughput as reference
+    import torch
 
     from lightning_cat.diffusion import load_components
     from lightning_cat.protections import build_protection, to_model_units
@@ -82,18 +88,26 @@ def protect(method: str, implementation: str, model: str, resolution: int) -> di
     for part in ("unet", "vae", "text_encoder"):
         getattr(components, part).requires_grad_(False).eval()
     images, keys = _photos(1, resolution)
+    if implementation == "baseline" and dtype != "float32":
+        for part in ("unet", "vae", "text_encoder"):
+            getattr(components, part).to(getattr(torch, dtype))
+        images = images.to(getattr(torch, dtype))
     loaded = _rss_mb()
     if implementation == "baseline":
         if method == "advdm_plus":
             run = lambda: reference.baseline_advdm(components, images, 1, to_model_units(16), to_model_units(1))  # noqa: E731
         else:  # aspl: deep copies of UNet and text encoder per iteration and per training phase
-            run = lambda: reference.baseline_aspl(components, images, 1, 1, to_model_units(8), to_model_units(1))  # noqa: E731
+            steps = 1 if dtype != "float32" else 3
+            run = lambda: reference.baseline_aspl(  # noqa: E731
+                components, images, 1, 1, to_model_units(8), to_model_units(1), surrogate_steps=steps
+            )
     else:
-        options = {"steps": 1}
+        prior = not options
+        settings = {"steps": 1}
         if method == "aspl":
-            options |= {"iterations": 1, "surrogate_steps": 1, "in_place": True}
-        protection = build_protection(method, components, show_progress=False, **options)
-        extra = {"class_images": images} if method == "aspl" else {}
+            settings |= {"iterations": 1, "surrogate_steps": 1, "in_place": True, "surrogate_dtype": dtype}
+        protection = build_protection(method, components, show_progress=False, **settings, **options)
+        extra = {"class_images": images} if method == "aspl" and prior else {}
         run = lambda: protection.protect(images, keys, seed=0, **extra)  # noqa: E731
     seconds = _timed(run)
     return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
@@ -196,6 +210,16 @@ LOCAL = {
     "photoguard/lightning_cat": lambda: protect("photoguard", "lightning_cat", BASE, 512),
     "aspl/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512),
     "aspl/baseline": lambda: protect("aspl", "baseline", BASE, 512),
+    # The reference's dtype, 1 image without prior rows on both sides, 1 surrogate step per phase;
+    # on this CPU-only machine the disk stash is what a GPU run gets from theta_stash: cpu.
+    "aspl_bf16/baseline": lambda: protect("aspl", "baseline", BASE, 512, "bfloat16"),
+    "aspl_bf16/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512, "bfloat16", theta_stash="disk"),
+    "aspl_bf16_8bit/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", BASE, 512, "bfloat16", theta_stash="disk", surrogate_optimizer="adamw_8bit"
+    ),
+    "aspl_8bit/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", BASE, 512, theta_stash="disk", surrogate_optimizer="adamw_8bit"
+    ),
     "sampling/lightning_cat": lambda: sampling("lightning_cat", BASE, 512),
     "sampling/baseline": lambda: sampling("baseline", BASE, 512),
     "purify_jpeg/lightning_cat": lambda: purify("jpeg", BASE, 512),
@@ -244,6 +268,10 @@ ORDER = [
     "evaluate_latent_distortion/lightning_cat",
     "aspl/lightning_cat",
     "aspl/baseline",
+    "aspl_bf16/lightning_cat",
+    "aspl_bf16_8bit/lightning_cat",
+    "aspl_bf16/baseline",
+    "aspl_8bit/lightning_cat",
     "dreambooth_full_gc/lightning_cat",
     "cat_batch4/lightning_cat",
     "cat_gc/lightning_cat",

@@ -136,13 +136,101 @@ def test_aspl_allocates_its_surrogate_once(tiny, clean, monkeypatch):
     weights_before = {k: v.clone() for k, v in tiny.unet.state_dict().items()}
     flags_before = [p.requires_grad for p in tiny.unet.parameters()]
     protection.protect(clean, KEYS, seed=0, callback=record)
-    # theta (a copy of UNet and text encoder) and theta' (one more copy): four copies in all,
-    # made before the first iteration, whatever the number of iterations.
-    assert copies == ["UNet2DConditionModel", "CLIPTextModel", "UNet2DConditionModel", "CLIPTextModel"]
+    # theta (a copy of UNet and text encoder) is the only model made, whatever the number of
+    # iterations: theta' trains in its modules while theta's weights wait in the stash.
+    assert copies == ["UNet2DConditionModel", "CLIPTextModel"]
     assert len(pointers) == options["iterations"] * options["steps"] and len(set(pointers)) == 1
     # The caller's components are untouched without in_place.
     assert all(torch.equal(v, tiny.unet.state_dict()[k]) for k, v in weights_before.items())
     assert [p.requires_grad for p in tiny.unet.parameters()] == flags_before
+
+
+def test_aspl_in_place_copies_no_model(tiny, clean, monkeypatch):
+    import lightning_cat.protections.surrogate as surrogate_module
+
+    copies = []
+    monkeypatch.setattr(
+        surrogate_module,
+        "copy_module",
+        SimpleNamespace(deepcopy=lambda obj, *a: copies.append(obj) or copy.deepcopy(obj, *a), copy=copy.copy),
+    )
+    components = copy.deepcopy(tiny)
+    build_protection("aspl", components, in_place=True, show_progress=False, **FAST["aspl"]).protect(
+        clean, KEYS, seed=0
+    )
+    assert copies == []
+
+
+def _aspl_with_two_models(protection, clean, keys, seed, class_images):
+    """ASPL the way the reference holds it: theta and a separate theta' refreshed from it each round."""
+    from lightning_cat.protections.base import SurrogateData
+
+    options = protection.options
+    theta = protection.make_surrogate(seed, "aspl-theta", copy=True)
+    theta_prime = theta.clone(generator=torch.Generator().manual_seed(theta.generator.initial_seed() ^ 1))
+    data = SurrogateData(class_images=class_images)
+    clean_set = theta.encode(protection.surrogate_training_set(clean, data))
+    class_set = theta.encode(class_images)
+    generators = image_generators(seed, keys)
+    adv = protection.pgd.start(clean, generators)
+    for iteration in range(options["iterations"]):
+        theta_prime.load_state_dict(theta.state_dict())
+        theta_prime.train(clean_set, class_set, options["surrogate_steps"])
+        objective = protection.make_objective(theta_prime)
+        with theta_prime.frozen():
+            adv = protection.pgd_steps(
+                adv, clean, objective, generators, options["steps"], iteration * options["steps"], lambda *a: None
+            )
+        theta.train(theta.encode(adv), class_set, options["surrogate_steps"])
+    theta.release()
+    return protection.pgd.finalize(adv, clean)
+
+
+@pytest.mark.parametrize("stash", ["cpu", "disk", "device"])
+def test_aspl_stash_changes_memory_not_results(tiny, clean, stash, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    options = dict(FAST["aspl"], iterations=3, surrogate_steps=2)
+    protection = build_protection("aspl", tiny, show_progress=False, theta_stash=stash, **options)
+    class_images = clean.flip(-1)
+    expected = _aspl_with_two_models(protection, clean, KEYS, 5, class_images)
+    assert torch.equal(protection.protect(clean, KEYS, seed=5, class_images=class_images), expected)
+    assert list(tmp_path.iterdir()) == []  # the disk stash's folder is gone
+
+
+def test_surrogate_optimizer_8bit_keeps_8bit_states_and_changes_the_images(tiny, clean, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    from lightning_cat.protections.surrogate import Surrogate
+
+    states = []
+    original = Surrogate.optimizer
+
+    def recording(self):
+        optimizer = original(self)
+        states.append(optimizer)
+        return optimizer
+
+    monkeypatch.setattr(Surrogate, "optimizer", recording)
+    options = dict(FAST["aspl"], surrogate_steps=3)  # Adam's first step is about lr * sign(g) in both
+    reference = protect(clean, keys=KEYS, seed=0, method="aspl", components=tiny, show_progress=False, **options)
+    protected = protect(
+        clean,
+        keys=KEYS,
+        seed=0,
+        method="aspl",
+        components=tiny,
+        show_progress=False,
+        surrogate_optimizer="adamw_8bit",
+        **options,
+    )
+    assert type(states[-1]).__name__ == "AdamW8bit"
+    assert any(v.dtype == torch.uint8 for s in states[-1].state.values() for v in s.values() if torch.is_tensor(v))
+    assert not torch.equal(protected, reference)
+    with pytest.raises(ValueError, match=r"surrogate_optimizer must be one of \['adamw', 'adamw_8bit'\]"):
+        build_protection("aspl", tiny, surrogate_optimizer="sgd")
+    with pytest.raises(ValueError, match=r"theta_stash must be one of \['device', 'cpu', 'disk'\].*'gpu'"):
+        build_protection("aspl", tiny, theta_stash="gpu")
 
 
 def test_caat_trains_only_cross_attention_key_value(tiny, clean):
@@ -193,3 +281,26 @@ def test_glaze_style_target_image_is_the_style_target(tiny, clean, photos_dir):
     )
     targets = protection.style_targets(clean, image_generators(0, KEYS))
     assert torch.equal(targets[0], targets[1]) and not torch.equal(targets[0], clean[0])
+
+
+@pytest.mark.parametrize("location", ["cpu", "disk", "device"])
+def test_weight_stash_restores_exactly_into_the_same_storage(location, tmp_path):
+    from lightning_cat.protections.stash import WeightStash
+
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    saved = {k: v.clone() for k, v in module.state_dict().items()}
+    pointers = [p.data_ptr() for p in module.parameters()]
+    with WeightStash(location, directory=tmp_path) as stash:
+        for _ in range(2):  # the second save reuses the first's buffers / file
+            stash.save({"m": module})
+            with torch.no_grad():
+                for parameter in module.parameters():
+                    parameter.add_(1.0)
+            stash.restore({"m": module})
+            assert all(torch.equal(v, saved[k]) for k, v in module.state_dict().items())
+    assert [p.data_ptr() for p in module.parameters()] == pointers
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"one of \['device', 'cpu', 'disk'\], got 'gpu'"):
+        WeightStash("gpu")
+    with pytest.raises(RuntimeError, match="before save"):
+        WeightStash(location, directory=tmp_path).restore({"m": module})

@@ -30,6 +30,7 @@ from lightning_cat.images import list_images
 from lightning_cat.imageset import input_hashes
 from lightning_cat.modules.base import DiffusionModule
 from lightning_cat.modules.image_logging import amplified_difference, image_loggers, log_image_grid
+from lightning_cat.optimization import Optimizer
 from lightning_cat.perceptual import LPIPSNet
 from lightning_cat.pixels import to_levels
 from lightning_cat.protections import (
@@ -42,6 +43,7 @@ from lightning_cat.protections import (
 )
 from lightning_cat.protections.options import EOTTransform, SurrogateDtype, SurrogateInputRange
 from lightning_cat.protections.pgd import Norm, StepSchedule
+from lightning_cat.protections.stash import StashLocation
 
 __all__ = ["ProtectionModule"]
 
@@ -103,9 +105,14 @@ class ProtectionModule(DiffusionModule):
         train_text_encoder: surrogates train the text encoder too.
         surrogate_dtype: ``float32`` surrogate weights (default: the intended algorithm) or ``bfloat16``
             (the reference scripts: the published numbers).
+        surrogate_optimizer: ``adamw`` (torch, the reference) or ``adamw_8bit`` (bitsandbytes; a
+            quarter of the optimizer-state memory, not the reference's arithmetic).
         surrogate_input_range: MetaCloak's surrogate training sees instance images in ``unit`` range
             ([-1, 1], default) or in ``0-255`` (the reference script: its published numbers).
         iterations: ASPL's outer iterations.
+        theta_stash: where ASPL keeps theta's weights while theta' trains in the same modules:
+            ``cpu`` (default: host memory, so a GPU holds one model), ``disk`` (a temporary
+            file: for short host memory and CPU-only machines) or ``device`` (beside the model).
         rounds, pool_size, pool_interval, cycles_per_snapshot: MetaCloak's schedule.
         eot_samples, eot_transforms, crop_scale, blur_kernel_size: MetaCloak's transformations.
 
@@ -157,8 +164,10 @@ class ProtectionModule(DiffusionModule):
         max_grad_norm: float | None = None,
         train_text_encoder: bool | None = None,
         surrogate_dtype: SurrogateDtype | None = None,
+        surrogate_optimizer: Optimizer | None = None,
         surrogate_input_range: SurrogateInputRange | None = None,
         iterations: int | None = None,
+        theta_stash: StashLocation | None = None,
         rounds: int | None = None,
         pool_size: int | None = None,
         pool_interval: int | None = None,

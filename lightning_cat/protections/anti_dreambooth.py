@@ -4,8 +4,10 @@ FSMG fine-tunes a surrogate with DreamBooth on the clean set first, then ascends
 ``L_DM(theta_clean; x', instance prompt)``. ASPL alternates, for ``iterations`` rounds:
 ``theta' <- theta``; ``surrogate_steps`` DreamBooth steps of ``theta'`` on the clean set;
 ``steps`` sign steps ascending ``L_DM(theta'; x')``; ``surrogate_steps`` DreamBooth steps of
-``theta`` on the current ``x'``. ``theta'`` is allocated once and refreshed with
-``load_state_dict`` (the reference deep-copies UNet and text encoder every round).
+``theta`` on the current ``x'``. ``theta'`` trains in theta's own modules while theta's weights
+wait in a :class:`~lightning_cat.protections.stash.WeightStash` (``theta_stash``: ``cpu`` by
+default, ``disk``, or ``device``); the reference deep-copies UNet and text encoder every round
+and every training phase.
 
 Both use class-prior images (``class_images``) for prior preservation when given. Choices where
 the reference is loose: instance rows for surrogate steps continue through the set across
@@ -21,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from lightning_cat.protections.advdm import DIFFUSION_DEFAULTS, PGD_DEFAULTS
+from lightning_cat.protections.stash import WeightStash
 from lightning_cat.protections.surrogate import SURROGATE_DEFAULTS, SurrogateProtection
 from lightning_cat.seeding import image_generators
 
@@ -77,6 +80,7 @@ class ASPL(SurrogateProtection):
         "steps": 6,
         "iterations": 50,
         "surrogate_steps": 3,
+        "theta_stash": "cpu",
     }
 
     @classmethod
@@ -86,24 +90,30 @@ class ASPL(SurrogateProtection):
     def _protect(self, clean, keys, seed, data, progress) -> torch.Tensor:
         options = self.options
         theta = self.make_surrogate(seed, "aspl-theta", copy=not self.in_place)
+        # theta' trains in theta's own modules (its own generator and row cursors); theta's
+        # weights wait in the stash meanwhile, so the device never holds two models.
+        theta_prime = theta.clone(
+            generator=torch.Generator().manual_seed(theta.generator.initial_seed() ^ 1), share=True
+        )
+        self.surrogate = theta_prime
+        stash = WeightStash(options["theta_stash"])
         try:
-            # theta' is allocated here, once; every round refreshes it in place.
-            theta_prime = theta.clone(generator=torch.Generator().manual_seed(theta.generator.initial_seed() ^ 1))
-            self.surrogate = theta_prime
             clean_set = theta.encode(self.surrogate_training_set(clean, data))
             class_set = theta.encode(data.class_images)
             generators = image_generators(seed, keys)
             train_callback = self.surrogate_callback(progress)
             adv = self.pgd.start(clean, generators)
             for iteration in range(options["iterations"]):
-                theta_prime.load_state_dict(theta.state_dict())
+                stash.save(theta.modules)
                 theta_prime.train(clean_set, class_set, options["surrogate_steps"], on_step=train_callback)
                 self.objective = self.make_objective(theta_prime)
                 with theta_prime.frozen():
                     adv = self.pgd_steps(
                         adv, clean, self.objective, generators, options["steps"], iteration * options["steps"], progress
                     )
+                stash.restore(theta.modules)
                 theta.train(theta.encode(adv), class_set, options["surrogate_steps"], on_step=train_callback)
             return self.pgd.finalize(adv, clean)
         finally:
+            stash.close()
             theta.release()

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_cat.optimization import Optimizer
 from lightning_cat.options import choices
 from lightning_cat.perceptual import LPIPS_NETS
 from lightning_cat.protections.pgd import NORMS, STEP_SCHEDULES, check_budget
+from lightning_cat.protections.stash import STASH_LOCATIONS
 
 __all__ = ["EOT_TRANSFORMS", "OPTION_RULES", "EOTTransform", "SurrogateDtype", "SurrogateInputRange", "resolve_options"]
 
@@ -138,8 +140,10 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "max_grad_norm": _optional_positive,
     "train_text_encoder": _boolean,
     "surrogate_dtype": _choice(choices(SurrogateDtype)),
+    "surrogate_optimizer": _choice(choices(Optimizer)),
     "surrogate_input_range": _choice(choices(SurrogateInputRange)),
     "iterations": _integer(1),
+    "theta_stash": _choice(STASH_LOCATIONS),
     # MetaCloak
     "rounds": _integer(1),
     "pool_size": _integer(1),

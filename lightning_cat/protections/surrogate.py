@@ -23,7 +23,7 @@ import torch
 
 from lightning_cat.customization import dreambooth_loss
 from lightning_cat.diffusion import LatentDistribution, latent_distribution, scale_latents, tokenize_prompts
-from lightning_cat.optimization import apply_gradients
+from lightning_cat.optimization import Optimizer, adamw, apply_gradients
 from lightning_cat.protections.base import DiffusionObjective, Objective, Protection, SurrogateData
 from lightning_cat.seeding import image_seed
 
@@ -39,6 +39,7 @@ SURROGATE_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "train_text_encoder": True,
     "surrogate_dtype": "float32",
+    "surrogate_optimizer": "adamw",
 }
 
 
@@ -68,6 +69,8 @@ class Surrogate:
         generator: CPU generator for posterior samples, noise and timesteps.
         dtype: dtype of the trained modules' weights (``bfloat16`` reproduces the reference scripts,
             whose AdamW steps at lr 5e-7 leave most bf16 weights unchanged).
+        optimizer: ``adamw`` (torch, the reference) or ``adamw_8bit`` (bitsandbytes: a quarter of
+            the optimizer-state memory).
     """
 
     def __init__(
@@ -85,8 +88,10 @@ class Surrogate:
         max_grad_norm: float | None = 1.0,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
+        optimizer: Optimizer = "adamw",
     ) -> None:
         self.vae = components.vae
+        self.optimizer_name = optimizer
         self.noise_scheduler = components.noise_scheduler
         self.tokenizer = components.tokenizer
         self.unet = copy_module.deepcopy(components.unet) if copy else components.unet
@@ -141,12 +146,15 @@ class Surrogate:
         """The trained parameters."""
         return list(self._parameters)
 
-    def clone(self, generator: torch.Generator | None = None) -> Surrogate:
-        """A second surrogate with its own copy of the trained modules (allocated now, once)."""
+    def clone(self, generator: torch.Generator | None = None, *, share: bool = False) -> Surrogate:
+        """A second surrogate with its own generator and row cursors, and its own copy of the
+        trained modules (allocated now, once) or, with ``share``, this one's modules."""
         twin = copy_module.copy(self)
-        twin.unet = copy_module.deepcopy(self.unet)
-        twin.text_encoder = copy_module.deepcopy(self.text_encoder) if self.trains_text_encoder else self.text_encoder
-        twin.copied = True
+        if not share:
+            twin.unet = copy_module.deepcopy(self.unet)
+            if self.trains_text_encoder:
+                twin.text_encoder = copy_module.deepcopy(self.text_encoder)
+        twin.copied = self.copied or not share
         twin._select_trained()
         twin.generator = generator if generator is not None else torch.Generator()
         twin._cursor = twin._class_cursor = 0
@@ -226,7 +234,14 @@ class Surrogate:
 
     def optimizer(self) -> torch.optim.Optimizer:
         """A fresh AdamW over the trained parameters (the reference's betas, eps, weight decay)."""
-        return torch.optim.AdamW(self._parameters, lr=self.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        return adamw(
+            [{"params": self._parameters}],
+            self.optimizer_name,
+            lr=self.lr,
+            betas=(0.9, 0.999),
+            weight_decay=1e-2,
+            eps=1e-8,
+        )
 
     def train(
         self,
@@ -317,6 +332,7 @@ class SurrogateProtection(Protection):
             max_grad_norm=options["max_grad_norm"],
             generator=torch.Generator().manual_seed(image_seed(seed, purpose, purpose="surrogate")),
             dtype=getattr(torch, options.get("surrogate_dtype", "float32")),
+            optimizer=options.get("surrogate_optimizer", "adamw"),
         )
 
     def make_objective(self, surrogate: Surrogate) -> DiffusionObjective:
