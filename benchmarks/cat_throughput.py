@@ -107,6 +107,7 @@ def run_lightning(args) -> dict:
         accelerator="gpu" if args.device.startswith("cuda") else "cpu",
         devices=1,
         max_steps=args.warmup + args.steps,
+        precision=args.precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="the module's VAE gradient checkpointing (lightning only)"
     )
+    parser.add_argument("--precision", default="32-true", help="the Trainer's precision (lightning only)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--only", choices=["plain", "lightning"], help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -27,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale.json"
 BASE, V = "sd21-base-shape", "sd21-shape"
+HALF = "sd21-base-half-width"  # built by half_width_model()
 
 
 def _hwm_mb() -> float:
@@ -70,47 +71,84 @@ def _timed(run) -> float:
 # ----------------------------------------------------------------------------- stages run here
 
 
-def protect(method: str, implementation: str, model: str, resolution: int, dtype: str = "float32", **options) -> dict:
+def half_width_model() -> str:
+    """SD 2.1-base with every UNet and text-encoder width halved (about a quarter of their
+    parameters; VAE, tokenizer and scheduler as published), built once into the cache: ASPL's
+    deep-copy baseline (six model-sized buffers in fp32) fits this machine only at this size."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lightning_cat.diffusion.shape import ensure_shape_model, shape_configs
+    from lightning_cat.diffusion.tiny import build_once
+
+    def build(folder: Path) -> None:
+        shutil.copytree(
+            ensure_shape_model(BASE), folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet", "text_encoder")
+        )
+        configs = shape_configs(BASE)
+        unet = {k: v for k, v in configs["unet"].items() if k != "_class_name"}
+        unet |= {"block_out_channels": [160, 320, 640, 640], "cross_attention_dim": 512}
+        text = configs["text_encoder"] | {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8}
+        torch.manual_seed(0)
+        UNet2DConditionModel(**unet).save_pretrained(folder / "unet", safe_serialization=True)
+        CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(folder / "text_encoder", safe_serialization=True)
+
+    return str(build_once("sd21-base-half-width-bench-f1", build))
+
+
+def protect(
+    method: str,
+    implementation: str,
+    model: str,
+    resolution: int,
+    prior: bool = True,
+    **options,
+) -> dict:
     """One PGD step (one outer iteration with one surrogate step for the surrogate methods).
 
-    ``dtype="bfloat16"`` (ASPL): the reference's dtype; its loop casts every model to it, ours
-    the surrogate's weights (``surrogate_dtype``). ``options`` go to ours (e.g. ``theta_stash``);
-    with any, both sides train on the one image without prior rows, as the baseline does.
+    ``options`` go to ours (e.g. ``theta_stash``). ``prior``: our surrogate methods train with one prior row per instance row (the baseline ASPL
+    loop has none; ``prior=False`` matches it).
     """
     sys.path.insert(0, str(HERE))
     import protection_throughput as reference
-    import torch
 
     from lightning_cat.diffusion import load_components
     from lightning_cat.protections import build_protection, to_model_units
 
-    components = load_components(model)
+    components = load_components(half_width_model() if model == HALF else model)
     for part in ("unet", "vae", "text_encoder"):
         getattr(components, part).requires_grad_(False).eval()
     images, keys = _photos(1, resolution)
-    if implementation == "baseline" and dtype != "float32":
-        for part in ("unet", "vae", "text_encoder"):
-            getattr(components, part).to(getattr(torch, dtype))
-        images = images.to(getattr(torch, dtype))
     loaded = _rss_mb()
     if implementation == "baseline":
         if method == "advdm_plus":
             run = lambda: reference.baseline_advdm(components, images, 1, to_model_units(16), to_model_units(1))  # noqa: E731
         else:  # aspl: deep copies of UNet and text encoder per iteration and per training phase
-            steps = 1 if dtype != "float32" else 3
+            steps = 3 if prior else 1  # the first runs: the reference's 3 steps per phase
             run = lambda: reference.baseline_aspl(  # noqa: E731
                 components, images, 1, 1, to_model_units(8), to_model_units(1), surrogate_steps=steps
             )
     else:
-        prior = not options
-        settings = {"steps": 1}
+        settings = {"steps": 1} | CHEAPEST.get(method, {})
         if method == "aspl":
-            settings |= {"iterations": 1, "surrogate_steps": 1, "in_place": True, "surrogate_dtype": dtype}
+            settings |= {"iterations": 1, "surrogate_steps": 1, "in_place": True}
+        elif method in ("fsmg", "caat"):
+            settings |= {"in_place": True}
         protection = build_protection(method, components, show_progress=False, **settings, **options)
-        extra = {"class_images": images} if method == "aspl" and prior else {}
+        extra = {"class_images": images} if protection.coupled and prior else {}
         run = lambda: protection.protect(images, keys, seed=0, **extra)  # noqa: E731
     seconds = _timed(run)
     return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
+
+
+#: Each method's cheapest valid setting beyond one PGD step.
+CHEAPEST = {
+    "fsmg": {"surrogate_pretrain_steps": 1},
+    "glaze_style": {"style_steps": 1, "lpips_random_backbone": True},
+}
 
 
 def sampling(implementation: str, model: str, resolution: int) -> dict:
@@ -174,7 +212,15 @@ def evaluate(model: str, resolution: int) -> dict:
     return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
 
 
-def dreambooth_full(implementation: str, model: str, resolution: int, checkpointing: bool, batch: int) -> dict:
+def dreambooth_full(
+    implementation: str,
+    model: str,
+    resolution: int,
+    checkpointing: bool,
+    batch: int,
+    optimizer: str = "adamw",
+    precision: str = "32-true",
+) -> dict:
     """One DreamBooth full fine-tune step (UNet + text encoder, prior preservation, AdamW)."""
     import tempfile
 
@@ -188,10 +234,16 @@ def dreambooth_full(implementation: str, model: str, resolution: int, checkpoint
     args = argparse.Namespace(resolution=resolution, batch_size=batch)
     datamodule = reference._data(args)
     module = DreamBoothModule(
-        model, finetune="full", train_text_encoder=True, gradient_checkpointing=checkpointing, cache_latents=True
+        model,
+        finetune="full",
+        train_text_encoder=True,
+        gradient_checkpointing=checkpointing,
+        cache_latents=True,
+        optimizer=optimizer,
     )
     trainer = Trainer(
         accelerator="cpu",
+        precision=precision,
         max_steps=1,
         gradient_clip_val=1.0,
         logger=False,
@@ -210,16 +262,26 @@ LOCAL = {
     "photoguard/lightning_cat": lambda: protect("photoguard", "lightning_cat", BASE, 512),
     "aspl/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512),
     "aspl/baseline": lambda: protect("aspl", "baseline", BASE, 512),
-    # The reference's dtype, 1 image without prior rows on both sides, 1 surrogate step per phase;
-    # on this CPU-only machine the disk stash is what a GPU run gets from theta_stash: cpu.
-    "aspl_bf16/baseline": lambda: protect("aspl", "baseline", BASE, 512, "bfloat16"),
-    "aspl_bf16/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512, "bfloat16", theta_stash="disk"),
-    "aspl_bf16_8bit/lightning_cat": lambda: protect(
-        "aspl", "lightning_cat", BASE, 512, "bfloat16", theta_stash="disk", surrogate_optimizer="adamw_8bit"
+    # One image without prior rows on both sides (as the baseline loop trains), one surrogate step per
+    # phase. On this CPU-only machine the disk stash is what a GPU run gets from theta_stash: cpu.
+    # (bf16 weights are not measured: a bf16 3x3 convolution took 80 s here against 0.55 s in fp32.)
+    "aspl_stash/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512, prior=False, theta_stash="disk"),
+    "aspl_stash_8bit/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", BASE, 512, prior=False, theta_stash="disk", surrogate_optimizer="adamw_8bit"
     ),
-    "aspl_8bit/lightning_cat": lambda: protect(
-        "aspl", "lightning_cat", BASE, 512, theta_stash="disk", surrogate_optimizer="adamw_8bit"
+    "aspl_half/baseline": lambda: protect("aspl", "baseline", HALF, 512, prior=False),
+    "aspl_half/lightning_cat": lambda: protect("aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="disk"),
+    "aspl_half_device/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="device"
     ),
+    "aspl_half_8bit/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="disk", surrogate_optimizer="adamw_8bit"
+    ),
+    "mist/lightning_cat": lambda: protect("mist", "lightning_cat", BASE, 512),
+    "sds_plus/lightning_cat": lambda: protect("sds_plus", "lightning_cat", BASE, 512),
+    "glaze_style/lightning_cat": lambda: protect("glaze_style", "lightning_cat", BASE, 512),
+    "caat/lightning_cat": lambda: protect("caat", "lightning_cat", BASE, 512),
+    "fsmg_8bit/lightning_cat": lambda: protect("fsmg", "lightning_cat", BASE, 512, surrogate_optimizer="adamw_8bit"),
     "sampling/lightning_cat": lambda: sampling("lightning_cat", BASE, 512),
     "sampling/baseline": lambda: sampling("baseline", BASE, 512),
     "purify_jpeg/lightning_cat": lambda: purify("jpeg", BASE, 512),
@@ -228,6 +290,14 @@ LOCAL = {
     "purify_impress/lightning_cat": lambda: purify("impress", BASE, 512),
     "evaluate_latent_distortion/lightning_cat": lambda: evaluate(BASE, 512),
     "dreambooth_full_gc/lightning_cat": lambda: dreambooth_full("lightning_cat", BASE, 512, True, 2),
+    # Liu et al.'s DreamBooth optimizer (8-bit AdamW): 10 bytes per trained parameter instead of 16.
+    "dreambooth_full_gc_8bit/lightning_cat": lambda: dreambooth_full("lightning_cat", BASE, 512, True, 2, "adamw_8bit"),
+    "dreambooth_full_gc_8bit_bf16/lightning_cat": lambda: dreambooth_full(
+        "lightning_cat", BASE, 512, True, 2, "adamw_8bit", "bf16-mixed"
+    ),
+    "dreambooth_full_8bit_bf16/lightning_cat": lambda: dreambooth_full(
+        "lightning_cat", BASE, 512, False, 2, "adamw_8bit", "bf16-mixed"
+    ),
 }
 
 # ----------------------------------------------------------------------------- stages run by the other scripts
@@ -241,6 +311,14 @@ EXTERNAL = {
     "cat_gc/lightning_cat": [*_CAT, "--batch-size", "1", "--only", "lightning", "--gradient-checkpointing"],
     "cat/lightning_cat": [*_CAT, "--batch-size", "1", "--only", "lightning"],
     "cat/plain": [*_CAT, "--batch-size", "1", "--only", "plain"],
+    "cat_gc_bf16/lightning_cat": [
+        *(*_CAT, "--batch-size", "1", "--only", "lightning", "--gradient-checkpointing"),
+        *("--precision", "bf16-mixed"),
+    ],
+    "cat_batch4_gc_bf16/lightning_cat": [
+        *(*_CAT, "--batch-size", "4", "--only", "lightning", "--gradient-checkpointing"),
+        *("--precision", "bf16-mixed"),
+    ],
     "lora/module_cache": [*_DB, "--model", BASE, "--resolution", "512", "--batch-size", "1", "--run", "module_cache"],
     "lora/plain": [*_DB, "--model", BASE, "--resolution", "512", "--batch-size", "1", "--run", "plain"],
     "lora_bf16/module_cache": [
@@ -268,14 +346,26 @@ ORDER = [
     "evaluate_latent_distortion/lightning_cat",
     "aspl/lightning_cat",
     "aspl/baseline",
-    "aspl_bf16/lightning_cat",
-    "aspl_bf16_8bit/lightning_cat",
-    "aspl_bf16/baseline",
-    "aspl_8bit/lightning_cat",
+    "aspl_half/baseline",
+    "aspl_half/lightning_cat",
+    "aspl_half_device/lightning_cat",
+    "aspl_half_8bit/lightning_cat",
+    "aspl_stash_8bit/lightning_cat",
+    "aspl_stash/lightning_cat",
+    "mist/lightning_cat",
+    "sds_plus/lightning_cat",
+    "glaze_style/lightning_cat",
+    "caat/lightning_cat",
+    "fsmg_8bit/lightning_cat",
     "dreambooth_full_gc/lightning_cat",
+    "dreambooth_full_gc_8bit/lightning_cat",
+    "dreambooth_full_gc_8bit_bf16/lightning_cat",
+    "dreambooth_full_8bit_bf16/lightning_cat",
     "cat_batch4/lightning_cat",
     "cat_gc/lightning_cat",
     "cat_batch4_gc/lightning_cat",
+    "cat_gc_bf16/lightning_cat",
+    "cat_batch4_gc_bf16/lightning_cat",
     "lora_bf16/module_cache",
     "lora_768v/module_cache",
 ]

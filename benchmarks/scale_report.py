@@ -24,12 +24,16 @@ RESULTS = HERE / "results" / "scale.json"
 # Parameter counts of the SD 2.1 networks (the shape models have the published ones; tests/test_scale.py).
 UNET, TEXT, VAE = 865_910_724, 340_387_840, 83_653_863
 ALL = UNET + TEXT + VAE
+HALF_UNET, HALF_TEXT = 216_594_404, 97_842_176  # scale.half_width_model(): every UNet / text-encoder width halved
 LORA_16, CAT_128 = 3_319_808, 27_099_136  # UNet attention LoRA rank 16; CAT "both" rank 128 (counted on the models)
 #: RSS of a process that imported torch, diffusers and lightning_cat, before any weight is read (measured:
 #: 890 MB after loading the 15 MB tiny model, 934 MB after mapping the 5 GB shape model).
 PROCESS_MB = 880
 
-#: measurement -> (what it runs, frozen parameters, trained parameters, baseline measurement)
+#: measurement -> (what it runs, frozen parameters, trained parameters, baseline measurement[,
+#: bytes held per trained parameter: 16 = fp32 weights, gradients and AdamW's two states (the
+#: default); 10 with 8-bit AdamW (4 + 4 + 2); 20 with a second weight copy on the device (ASPL's
+#: theta'); 24 for ASPL's reference loop (the loaded model, its round copy, the phase's copy)])
 STAGES = {
     "advdm_plus/lightning_cat": ("AdvDM+ 1 PGD step, 512 px, 1 image", ALL, 0, "advdm_plus/baseline"),
     "advdm_plus/baseline": ("AdvDM+ plain PGD loop", ALL, 0, None),
@@ -37,15 +41,69 @@ STAGES = {
     "aspl/lightning_cat": (
         "ASPL 1 iteration (1 surrogate step, 1 PGD step), UNet + text encoder",
         VAE,
-        2 * (UNET + TEXT),
+        UNET + TEXT,
         "aspl/baseline",
+        20,
     ),
-    "aspl/baseline": ("ASPL reference loop (deep copies)", VAE, 3 * (UNET + TEXT), None),
+    "aspl/baseline": ("ASPL reference loop (deep copies)", VAE, UNET + TEXT, None, 24),
+    "aspl_half/lightning_cat": (
+        "ASPL as above, half-width SD 2.1 (UNet 217 M + text 98 M), no prior rows, theta stashed on disk",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half/baseline",
+    ),
+    "aspl_half_device/lightning_cat": (
+        "ASPL half-width, theta stashed beside the model (theta_stash: device)",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half/baseline",
+        20,
+    ),
+    "aspl_half_8bit/lightning_cat": (
+        "ASPL half-width, theta on disk, 8-bit AdamW",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half/baseline",
+        10,
+    ),
+    "aspl_half/baseline": (
+        "ASPL reference loop (deep copies), half-width, 1 step per phase",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        None,
+        24,
+    ),
+    "aspl_stash/lightning_cat": (
+        "ASPL 1 iteration (1 step per phase, no prior rows), theta stashed on disk",
+        VAE,
+        UNET + TEXT,
+        None,
+    ),
+    "aspl_stash_8bit/lightning_cat": (
+        "ASPL as above, theta on disk, 8-bit AdamW",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
+    "mist/lightning_cat": ("Mist 1 PGD step (UNet + textural loss), 512 px", ALL, 0, None),
+    "sds_plus/lightning_cat": ("SDS(+) 1 PGD step, 512 px", ALL, 0, None),
+    "glaze_style/lightning_cat": ("Glaze-style 1 PGD step (1 img2img style step, random LPIPS)", ALL, 0, None),
+    "caat/lightning_cat": ("CAAT 1 step (cross-attention k/v + PGD), 512 px", ALL, 0, None),
+    "fsmg_8bit/lightning_cat": (
+        "FSMG 1 surrogate step + 1 PGD step, 1+1 rows, 8-bit AdamW",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
     "cat/lightning_cat": ("CAT rank 128, batch 1, 512 px", VAE, CAT_128, "cat/plain"),
     "cat/plain": ("CAT plain loop, batch 1", VAE, CAT_128, None),
     "cat_batch4/lightning_cat": ("CAT rank 128, batch 4, 512 px", VAE, CAT_128, None),
     "cat_gc/lightning_cat": ("CAT rank 128, batch 1, 512 px, gradient checkpointing", VAE, CAT_128, "cat/plain"),
     "cat_batch4_gc/lightning_cat": ("CAT rank 128, batch 4, 512 px, gradient checkpointing", VAE, CAT_128, None),
+    "cat_gc_bf16/lightning_cat": ("CAT rank 128, batch 1, checkpointing, bf16-mixed", VAE, CAT_128, "cat/plain"),
+    "cat_batch4_gc_bf16/lightning_cat": ("CAT rank 128, batch 4, checkpointing, bf16-mixed", VAE, CAT_128, None),
     "lora/module_cache": ("DreamBooth LoRA r16, 1+1 rows, 512 px, cached latents", ALL, LORA_16, "lora/plain"),
     "lora/plain": ("DreamBooth LoRA, diffusers-style loop (re-encodes every step)", ALL, LORA_16, None),
     "lora_bf16/module_cache": ("DreamBooth LoRA, bf16-mixed, 1+1 rows, 512 px", ALL, LORA_16, None),
@@ -55,6 +113,27 @@ STAGES = {
         VAE,
         UNET + TEXT,
         None,
+    ),
+    "dreambooth_full_gc_8bit/lightning_cat": (
+        "DreamBooth full, 2+2 rows, checkpointing, 8-bit AdamW",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
+    "dreambooth_full_gc_8bit_bf16/lightning_cat": (
+        "DreamBooth full, 2+2 rows, checkpointing, 8-bit AdamW, bf16-mixed",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
+    "dreambooth_full_8bit_bf16/lightning_cat": (
+        "DreamBooth full, 2+2 rows, no checkpointing, 8-bit AdamW, bf16-mixed",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
     ),
     "sampling/lightning_cat": ("sampling, 2 steps, CFG 7.5, 512 px", ALL, 0, "sampling/baseline"),
     "sampling/baseline": ("diffusers pipeline called directly", ALL, 0, None),
@@ -68,13 +147,14 @@ STAGES = {
 
 def gpu_bf16_gb(name: str, row: dict) -> tuple[float, float, float] | None:
     """(weights, trained parameters + gradients + AdamW, activations) in GiB expected in bf16."""
-    _, frozen, trained, _ = STAGES[name]
+    _, frozen, trained, _, *rest = STAGES[name]
+    trained_bytes = rest[0] if rest else 16
     if not row.get("fits"):
         return None
     half = "bf16" in name  # measured under bf16-mixed: frozen weights and activations already in bf16
-    state_mb = ((2 if half else 4) * frozen + 16 * trained) / 2**20  # weights; trained weights + grads + AdamW
+    state_mb = ((2 if half else 4) * frozen + trained_bytes * trained) / 2**20  # weights; trained + grads + AdamW
     activations = max(row["peak_rss_mb"] - PROCESS_MB - state_mb, 0.0) / (1 if half else 2)
-    return (2 * frozen / 2**30, 16 * trained / 2**30, activations / 1024)
+    return (2 * frozen / 2**30, trained_bytes * trained / 2**30, activations / 1024)
 
 
 def table(rows: list[dict]) -> str:
@@ -83,7 +163,7 @@ def table(rows: list[dict]) -> str:
         "| measurement | what | s / step | peak RSS (GiB) | time ratio | memory ratio | GPU bf16: weights + trained + activations (GiB) |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    for name, (what, *_, baseline) in STAGES.items():
+    for name, (what, _, _, baseline, *_) in STAGES.items():
         row = by_name.get(name)
         if row is None:
             lines.append(f"| {name} | {what} | not run | | | | |")
