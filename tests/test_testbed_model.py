@@ -36,6 +36,9 @@ SUBJECT = ("skimage:astronaut", "skimage:chelsea", "skimage:coffee", "skimage:ro
 NOT_NOISE = 0.7  # minimum mean pixel correlation
 MAX_BRISQUE = 60.0  # maximum mean BRISQUE
 SEEDS = list(range(4))
+#: The customization claim is judged on seeds never used while its settings were chosen (the
+#: diagnostic runs that set the protocol's step counts sampled seeds 0-3).
+CLAIM_SEEDS = list(range(100, 108))
 
 
 def _subject(folder: Path) -> torch.Tensor:
@@ -56,9 +59,9 @@ def _assert_images_not_noise(images: torch.Tensor, what: str) -> None:
     assert correlation >= NOT_NOISE and score <= MAX_BRISQUE, (what, correlation, score)
 
 
-def _samples(components, prompt: str) -> torch.Tensor:
+def _samples(components, prompt: str, seeds: list[int] = SEEDS) -> torch.Tensor:
     pipeline = build_pipeline(components)
-    return generate_images(pipeline, [prompt] * len(SEEDS), SEEDS, num_inference_steps=25, guidance_scale=7.5)
+    return generate_images(pipeline, [prompt] * len(seeds), seeds, num_inference_steps=25, guidance_scale=7.5)
 
 
 def test_testbed_resolves_to_the_packaged_folder_and_loads_in_fp32():
@@ -118,20 +121,7 @@ def test_base_model_samples_are_images_not_noise():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "finetune",
-    [
-        pytest.param(
-            "lora",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="measured: LoRA (200 steps, lr 5e-4, attention-only rank 16) does not beat the base model: "
-                "nearest-subject SSIM 0.046 vs 0.053 (benchmarks/README.md, testbed study)",
-            ),
-        ),
-        "full",
-    ],
-)
+@pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_customization_beats_the_base_model_on_the_subject(tmp_path, finetune):
     from lightning_cat.cli import main
     from lightning_cat.customization.export import load_customized_components
@@ -156,8 +146,8 @@ def test_customization_beats_the_base_model_on_the_subject(tmp_path, finetune):
         ]
     )
     prompt = "a photo of sks person"
-    base = _samples(load_components("testbed"), prompt)
-    customized = _samples(load_customized_components(str(out))[0], prompt)
+    base = _samples(load_components("testbed"), prompt, CLAIM_SEEDS)
+    customized = _samples(load_customized_components(str(out))[0], prompt, CLAIM_SEEDS)
     base_score = nearest_subject_similarity(base, subject).mean().item()
     customized_score = nearest_subject_similarity(customized, subject).mean().item()
     print(f"{finetune}: nearest-subject SSIM customized {customized_score:.4f}, base {base_score:.4f}")
