@@ -17,7 +17,7 @@ from lightning_cat.diffusion import (
     snr_weights,
     weight_dtype,
 )
-from lightning_cat.optimization import apply_gradients
+from lightning_cat.optimization import adamw, apply_gradients
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,27 @@ def test_snr_weights(tiny):
     snr = alphas / (1 - alphas)
     assert torch.allclose(weights, torch.clamp(snr, max=5.0) / snr)
     assert (weights <= 1 + 1e-6).all() and weights[-1] == pytest.approx(1.0)
+
+
+def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3), torch.randn(7)]
+    gradients = [torch.randn_like(w) for w in weights]
+    runs = {}
+    for fused in (True, False):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        options = {} if fused else {"fused": False}
+        optimizer = adamw([{"params": iter(params)}], lr=1e-2, weight_decay=1e-2, **options)
+        assert optimizer.defaults["fused"] is fused
+        for _ in range(3):
+            for p, g in zip(params, gradients, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        runs[fused] = params
+    for a, b, w in zip(runs[True], runs[False], weights, strict=True):
+        assert not torch.equal(a, w) and torch.allclose(a, b, atol=1e-6)
+    integer = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)
+    assert adamw([{"params": [integer]}], lr=1e-2).defaults["fused"] is False
 
 
 def test_apply_gradients_steps_and_refuses_nan():
