@@ -316,3 +316,33 @@ def test_the_paper_grids_plan_without_their_data_or_a_model(name, capsys, monkey
     )
     out = capsys.readouterr().out
     assert "pending  evaluate/" in out and "subject folders still missing" in out
+
+
+def test_skip_leaves_cells_out_of_the_plan_and_names_the_grid_on_a_bad_entry(experiment_file):
+    config = yaml.safe_load(experiment_file.read_text())
+    config["protections"] = ["clean", "advdm_plus"]
+    config["defenses"] = ["none", "cat:both"]
+    config["sweep"] = {"eps_255": [4, 8]}
+    config["skip"] = ["clean/cat:both", "advdm_plus@eps_255=4/none"]
+    experiment_file.write_text(yaml.safe_dump(config))
+    keys = {"/".join(s.key) for s in ExperimentRunner(load_experiment_config(experiment_file)).plan()}
+    evaluated = {k.removeprefix("evaluate/photos/") for k in keys if k.startswith("evaluate/")}
+    assert evaluated == {
+        "clean/none/lora",
+        "advdm_plus-eps_255-4/cat-both/lora",
+        "advdm_plus-eps_255-8/none/lora",
+        "advdm_plus-eps_255-8/cat-both/lora",
+    }
+    assert not any(k.startswith("cat/photos/clean") for k in keys)  # nothing is trained for a skipped cell
+    config["skip"] = ["advdm_plus/cat:both"]  # a method covers every sweep point
+    experiment_file.write_text(yaml.safe_dump(config))
+    keys = {"/".join(s.key) for s in ExperimentRunner(load_experiment_config(experiment_file)).plan()}
+    assert not any(k.startswith("evaluate/") and "advdm_plus" in k and "cat-both" in k for k in keys)
+    config["skip"] = ["photoguard/none"]
+    experiment_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(ExperimentConfigError, match=r"skip: 'photoguard/none' is not a cell.*'clean/cat:both'"):
+        load_experiment_config(experiment_file)
+    config["skip"] = ["clean/none", "clean/cat:both", "advdm_plus/none", "advdm_plus/cat:both"]
+    experiment_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(ExperimentConfigError, match="skip leaves no cell"):
+        load_experiment_config(experiment_file)

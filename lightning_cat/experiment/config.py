@@ -131,6 +131,11 @@ class ExperimentConfig:
     source: str | None = None
     sweep: dict[str, list[float]] = field(default_factory=dict)
     surrogate_sets: dict[str, list[str]] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
+
+    def skips(self, protection: ProtectionCell, defense: Defense) -> bool:
+        """Whether the grid leaves the cell ``protection`` x ``defense`` out (the ``skip`` entry)."""
+        return f"{protection.name}/{defense.name}" in self.skip or f"{protection.method}/{defense.name}" in self.skip
 
     @property
     def protection_cells(self) -> list[ProtectionCell]:
@@ -195,6 +200,7 @@ def experiment_options(
     subject_size: int = 80,
     seed: int = 0,
     sweep: dict[str, list[int | float]] | None = None,
+    skip: list[str] | None = None,
 ) -> None:
     """The entries of an experiment file (the schema of ``lightning-cat experiment``).
 
@@ -211,6 +217,8 @@ def experiment_options(
         subject_size: shorter side, in pixels, of materialized ``skimage:`` subject images.
         seed: seed of every stage.
         sweep: protection option -> the values every protection is run at.
+        skip: cells of the grid left out, each ``<protection>/<defense>`` (a protection by its method,
+            which covers every sweep point, or by its cell name such as ``advdm_plus@eps_255=8``).
     """
 
 
@@ -377,7 +385,7 @@ def resolve_experiment(options: Namespace, *, require_subjects: bool = True) -> 
             raise ExperimentConfigError(f"stages.{stage} must name a config file")
         files[stage] = {"": _existing(str(stages[stage]), base, f"stages.{stage}")}
 
-    return ExperimentConfig(
+    config = ExperimentConfig(
         run_dir=raw["run_dir"],
         subjects=subjects,
         surrogate_sets=surrogate_sets,
@@ -391,7 +399,21 @@ def resolve_experiment(options: Namespace, *, require_subjects: bool = True) -> 
         seed=raw["seed"],
         source=str(source) if source else None,
         sweep=sweep,
+        skip=list(raw.get("skip") or []),
     )
+    _check_skip(config)
+    return config
+
+
+def _check_skip(config: ExperimentConfig) -> None:
+    """Every ``skip`` entry names a cell of the grid, and the grid keeps at least one cell."""
+    cells = [(p, d) for p in config.protection_cells for d in config.defenses]
+    names = [f"{p.name}/{d.name}" for p, d in cells]
+    for entry in config.skip:
+        if not any(config.skips(p, d) for p, d in cells if entry in (f"{p.name}/{d.name}", f"{p.method}/{d.name}")):
+            raise ExperimentConfigError(f"skip: {entry!r} is not a cell of the grid; cells: {names}")
+    if all(config.skips(p, d) for p, d in cells):
+        raise ExperimentConfigError(f"skip leaves no cell of the grid: {names}")
 
 
 def _sweep(raw: dict[str, list[int | float]] | None, methods: list[str]) -> dict[str, list[int | float]]:

@@ -1,6 +1,6 @@
 """The plan of an experiment: every stage of its grid, each once, in an order that respects their inputs.
 
-Each cell of ``subjects x protections x defenses x customizations`` is a chain
+Each cell of ``subjects x protections x defenses x customizations`` (less the ``skip`` entries) is a chain
 subject -> protect -> (purify) -> (CAT) -> customize -> sample -> evaluate. Stages shared between
 cells appear once: one protected set per subject and method, one purified set and one CAT
 adapter per input set, one class-image set per customization config. A stage is its key (its
@@ -123,6 +123,8 @@ class ExperimentPlan:
         for subject in config.subjects:
             for protection in config.protection_cells:
                 for defense in config.defenses:
+                    if config.skips(protection, defense):
+                        continue
                     for customization in config.customizations:
                         self._evaluate(subject, protection, defense, customization)
 
