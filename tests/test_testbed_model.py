@@ -165,8 +165,12 @@ def test_testbed_experiments_plan_on_the_testbed_model(name):
     protections = {s.key[2] for s in evaluate}
     if name == "testbed":  # clean + 4 methods x eps 8 and 16, x 5 defenses
         assert len(protections) == 9 and len(evaluate) == 45
-    else:
-        assert len(evaluate) == 9
+    else:  # clean, AdvDM(+), AdvDM(+) with CAT
+        assert {(s.key[2], s.key[3]) for s in evaluate} == {
+            ("clean", "none"),
+            ("advdm_plus", "none"),
+            ("advdm_plus", "cat-both"),
+        }
 
 
 def test_every_testbed_file_is_package_data():

@@ -225,7 +225,8 @@ def image_grid(
 
 def cell_grids(cells: Sequence[Any], columns: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
     """One grid per (subject, customization) of an experiment's cells, under ``out_dir/grids``: a row
-    per protection with a clean image, its protected version and one sample per defense (first prompt).
+    per protection with a clean image, its protected version and one sample per defense (first prompt;
+    blank for a skipped cell).
 
     ``cells`` are :class:`~lightning_cat.experiment.plan.Cell` s; ``columns`` the defenses in order.
     """
@@ -244,6 +245,9 @@ def cell_grids(cells: Sequence[Any], columns: Sequence[str], out_dir: str | os.P
             protected = first.protected.outputs["images"] / f"{clean.stem}.png"
             samples = []
             for defense in columns:
+                if defense not in by_defense:  # a cell the experiment skips stays blank
+                    samples.append(None)
+                    continue
                 folder = by_defense[defense].samples.outputs["samples"]
                 record = json.loads((folder / "samples.json").read_text())
                 samples.append(sorted((folder / record["prompts"][0]["folder"]).glob("*.png"))[0])
