@@ -334,6 +334,17 @@ def test_skip_leaves_cells_out_of_the_plan_and_names_the_grid_on_a_bad_entry(exp
         "advdm_plus-eps_255-8/cat-both/lora",
     }
     assert not any(k.startswith("cat/photos/clean") for k in keys)  # nothing is trained for a skipped cell
+    config["sweep"], config["defenses"], config["skip"] = None, ["none", "cdl"], ["clean/cdl"]
+    experiment_file.write_text(yaml.safe_dump(config))
+    ExperimentRunner(load_experiment_config(experiment_file)).run()
+    rows = yaml.safe_load((Path(config["run_dir"]) / "results.json").read_text())
+    assert {(r["protection"], r["defense"]) for r in rows} == {
+        ("clean", "none"),
+        ("advdm_plus", "none"),
+        ("advdm_plus", "cdl"),
+    }
+    assert (Path(config["run_dir"]) / "grids" / "photos-lora.png").is_file()  # the skipped cell left blank
+    config["sweep"], config["defenses"] = {"eps_255": [4, 8]}, ["none", "cat:both"]
     config["skip"] = ["advdm_plus/cat:both"]  # a method covers every sweep point
     experiment_file.write_text(yaml.safe_dump(config))
     keys = {"/".join(s.key) for s in ExperimentRunner(load_experiment_config(experiment_file)).plan()}
