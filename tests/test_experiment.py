@@ -201,7 +201,9 @@ def test_shipped_experiments_are_valid_and_plan(name, photos_dir):
     overrides = None if name == "demo" else {"subjects": {"subject_a": str(photos_dir)}}
     config = load_experiment_config(ROOT / "configs/experiment" / f"{name}.yaml", overrides)
     stages = ExperimentRunner(config).plan()
-    cells = len(config.protections) * len(config.defenses) * len(config.customizations) * len(config.subjects)
+    kept = [(p, d) for p in config.protection_cells for d in config.defenses if not config.skips(p, d)]
+    cells = len(kept) * len(config.customizations) * len(config.subjects)
+    cells += len(config.subjects) if config.base_model else 0
     assert len([s for s in stages if s.key[0] == "evaluate"]) == cells
 
 
@@ -318,7 +320,7 @@ def test_the_paper_grids_plan_without_their_data_or_a_model(name, capsys, monkey
     assert "pending  evaluate/" in out and "subject folders still missing" in out
 
 
-def test_skip_leaves_cells_out_of_the_plan_and_names_the_grid_on_a_bad_entry(experiment_file):
+def test_skip_leaves_cells_out_and_base_model_adds_the_base_models_row(experiment_file):
     config = yaml.safe_load(experiment_file.read_text())
     config["protections"] = ["clean", "advdm_plus"]
     config["defenses"] = ["none", "cat:both"]
@@ -334,16 +336,28 @@ def test_skip_leaves_cells_out_of_the_plan_and_names_the_grid_on_a_bad_entry(exp
         "advdm_plus-eps_255-8/cat-both/lora",
     }
     assert not any(k.startswith("cat/photos/clean") for k in keys)  # nothing is trained for a skipped cell
+    # A run, with the base model's own row beside the cells (base_model: true).
     config["sweep"], config["defenses"], config["skip"] = None, ["none", "cdl"], ["clean/cdl"]
+    config["base_model"] = True
     experiment_file.write_text(yaml.safe_dump(config))
     ExperimentRunner(load_experiment_config(experiment_file)).run()
-    rows = yaml.safe_load((Path(config["run_dir"]) / "results.json").read_text())
-    assert {(r["protection"], r["defense"]) for r in rows} == {
-        ("clean", "none"),
-        ("advdm_plus", "none"),
-        ("advdm_plus", "cdl"),
+    run_dir = Path(config["run_dir"])
+    rows = yaml.safe_load((run_dir / "results.json").read_text())
+    assert {(r["protection"], r["defense"], r["customization"]) for r in rows} == {
+        ("clean", "none", "lora"),
+        ("advdm_plus", "none", "lora"),
+        ("advdm_plus", "cdl", "lora"),
+        ("clean", "none", "base"),
     }
-    assert (Path(config["run_dir"]) / "grids" / "photos-lora.png").is_file()  # the skipped cell left blank
+    base = [r for r in rows if r["customization"] == "base"]
+    prompts = {r["prompt"] for r in rows if r["customization"] == "lora"}
+    assert {r["prompt"] for r in base} == prompts and len(base) == len(prompts)
+    assert all(math.isfinite(r["fid"]) and "psnr" not in r for r in base)  # no protected set to compare
+    sampled = yaml.safe_load((run_dir / "sample/photos/clean/none/base/stage_config.yaml").read_text())
+    assert sampled["model"]["init_args"]["pretrained_model_name_or_path"] == "tiny"  # the model itself
+    assert not (run_dir / "customize/photos/clean/none/base").exists()
+    assert sorted(p.name for p in (run_dir / "grids").iterdir()) == ["photos-lora.png"]  # skipped cell blank
+    config["base_model"] = False
     config["sweep"], config["defenses"] = {"eps_255": [4, 8]}, ["none", "cat:both"]
     config["skip"] = ["advdm_plus/cat:both"]  # a method covers every sweep point
     experiment_file.write_text(yaml.safe_dump(config))
@@ -356,4 +370,12 @@ def test_skip_leaves_cells_out_of_the_plan_and_names_the_grid_on_a_bad_entry(exp
     config["skip"] = ["clean/none", "clean/cat:both", "advdm_plus/none", "advdm_plus/cat:both"]
     experiment_file.write_text(yaml.safe_dump(config))
     with pytest.raises(ExperimentConfigError, match="skip leaves no cell"):
+        load_experiment_config(experiment_file)
+
+
+def test_base_is_not_a_customization_name(experiment_file):
+    config = yaml.safe_load(experiment_file.read_text())
+    config["customizations"] = ["base"]
+    experiment_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(ExperimentConfigError, match="set base_model: true instead"):
         load_experiment_config(experiment_file)

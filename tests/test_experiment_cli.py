@@ -19,7 +19,8 @@ def test_print_config_shows_the_overridden_experiment_and_loads_back(capsys, tmp
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"] == {"accelerator": "cpu", "devices": 1, "max_steps": 3}
-    assert printed["seed"] == 7 and printed["protections"] == ["clean", "advdm_plus", "photoguard"]
+    assert printed["seed"] == 7 and printed["protections"] == ["clean", "advdm_plus"]
+    assert printed["skip"] == ["clean/cat:both"] and printed["base_model"] is True
     # The printed config is a valid experiment (its stage paths are relative to the demo's folder).
     copy = Path(DEMO).with_name(f"printed-{tmp_path.name}.yaml")
     try:
@@ -33,11 +34,11 @@ def test_print_config_shows_the_overridden_experiment_and_loads_back(capsys, tmp
 def test_dotted_overrides_reach_the_plan(capsys, tmp_path):
     main(
         ["experiment", "--config", DEMO, "--plan", "--protections", "[clean]", "--defenses", "[none, cat:both]"]
-        + ["--run_dir", str(tmp_path / "run"), "--trainer.max_steps", "3"]
+        + ["--skip", "[]", "--run_dir", str(tmp_path / "run"), "--trainer.max_steps", "3"]
     )
     out = capsys.readouterr().out
-    assert "pending  cat/photos/clean/both" in out and "advdm_plus" not in out and "photoguard" not in out
-    assert "2 cells" in out and not (tmp_path / "run").exists()  # planning writes nothing
+    assert "pending  cat/photos/clean/both" in out and "advdm_plus" not in out
+    assert "3 cells" in out and not (tmp_path / "run").exists()  # 2 and the base model's; planning writes nothing
 
 
 @pytest.mark.parametrize(

@@ -163,13 +163,14 @@ def test_testbed_experiments_plan_on_the_testbed_model(name):
     assert config.model == "testbed"
     evaluate = [s for s in ExperimentRunner(config).plan() if s.key[0] == "evaluate"]
     protections = {s.key[2] for s in evaluate}
-    if name == "testbed":  # clean + 4 methods x eps 8 and 16, x 5 defenses
-        assert len(protections) == 9 and len(evaluate) == 45
-    else:  # clean, AdvDM(+), AdvDM(+) with CAT
-        assert {(s.key[2], s.key[3]) for s in evaluate} == {
-            ("clean", "none"),
-            ("advdm_plus", "none"),
-            ("advdm_plus", "cat-both"),
+    if name == "testbed":  # clean + 4 methods x eps 8 and 16, x 5 defenses, and the base model
+        assert len(protections) == 9 and len(evaluate) == 46
+    else:  # clean, AdvDM(+), AdvDM(+) with CAT, and the base model
+        assert {(s.key[2], s.key[3], s.key[4]) for s in evaluate} == {
+            ("clean", "none", "full"),
+            ("advdm_plus", "none", "full"),
+            ("advdm_plus", "cat-both", "full"),
+            ("clean", "none", "base"),
         }
 
 

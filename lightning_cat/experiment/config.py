@@ -24,6 +24,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
 __all__ = [
+    "BASE_MODEL",
     "CLEAN_PROTECTIONS",
     "Defense",
     "ProtectionCell",
@@ -42,6 +43,8 @@ __all__ = [
 SKIMAGE_PREFIX = "skimage:"
 #: Protection names that mean "no protection: train on the clean images".
 CLEAN_PROTECTIONS = ("clean", "none")
+#: The customization label of the base model's own samples (``base_model: true``): not customized.
+BASE_MODEL = "base"
 _GROUPS = ("protect", "cat", "purify", "customize")
 _SINGLE = ("sample", "evaluate")
 
@@ -132,6 +135,7 @@ class ExperimentConfig:
     sweep: dict[str, list[float]] = field(default_factory=dict)
     surrogate_sets: dict[str, list[str]] = field(default_factory=dict)
     skip: list[str] = field(default_factory=list)
+    base_model: bool = False
 
     def skips(self, protection: ProtectionCell, defense: Defense) -> bool:
         """Whether the grid leaves the cell ``protection`` x ``defense`` out (the ``skip`` entry)."""
@@ -201,6 +205,7 @@ def experiment_options(
     seed: int = 0,
     sweep: dict[str, list[int | float]] | None = None,
     skip: list[str] | None = None,
+    base_model: bool = False,
 ) -> None:
     """The entries of an experiment file (the schema of ``lightning-cat experiment``).
 
@@ -219,6 +224,9 @@ def experiment_options(
         sweep: protection option -> the values every protection is run at.
         skip: cells of the grid left out, each ``<protection>/<defense>`` (a protection by its method,
             which covers every sweep point, or by its cell name such as ``advdm_plus@eps_255=8``).
+        base_model: also sample the model itself, not customized, with the sample stage's prompts and
+            seeds, and evaluate it against each subject (rows with customization ``base``): the
+            reference a customization has to beat on the subject metrics.
     """
 
 
@@ -378,6 +386,10 @@ def resolve_experiment(options: Namespace, *, require_subjects: bool = True) -> 
             files["purify"][defense.purify] = _stage_file(stages.get("purify"), defense.purify, base, "purify")
 
     customizations = _names(raw, "customizations")
+    if BASE_MODEL in customizations:
+        raise ExperimentConfigError(
+            f"customizations: {BASE_MODEL!r} is the label of the base model's rows; set base_model: true instead"
+        )
     for name in customizations:
         files["customize"][name] = _stage_file(stages.get("customize"), name, base, "customize")
     for stage in _SINGLE:
@@ -400,6 +412,7 @@ def resolve_experiment(options: Namespace, *, require_subjects: bool = True) -> 
         source=str(source) if source else None,
         sweep=sweep,
         skip=list(raw.get("skip") or []),
+        base_model=bool(raw.get("base_model")),
     )
     _check_skip(config)
     return config

@@ -1,7 +1,8 @@
 """The plan of an experiment: every stage of its grid, each once, in an order that respects their inputs.
 
 Each cell of ``subjects x protections x defenses x customizations`` (less the ``skip`` entries) is a chain
-subject -> protect -> (purify) -> (CAT) -> customize -> sample -> evaluate. Stages shared between
+subject -> protect -> (purify) -> (CAT) -> customize -> sample -> evaluate; with ``base_model`` each
+subject also gets the base model's cell, subject -> sample (the model itself) -> evaluate. Stages shared between
 cells appear once: one protected set per subject and method, one purified set and one CAT
 adapter per input set, one class-image set per customization config. A stage is its key (its
 folder in the run directory), a fingerprint of everything that determines its outputs (the
@@ -39,7 +40,7 @@ from lightning_cat.callbacks import (
     TrainingCheckpoint,
 )
 from lightning_cat.callbacks.training_checkpoint import LAST_CHECKPOINT
-from lightning_cat.experiment.config import Defense, ExperimentConfig, ProtectionCell
+from lightning_cat.experiment.config import BASE_MODEL, CLEAN_PROTECTIONS, Defense, ExperimentConfig, ProtectionCell
 from lightning_cat.experiment.stages import (
     add_callback,
     callback_args,
@@ -127,6 +128,8 @@ class ExperimentPlan:
                         continue
                     for customization in config.customizations:
                         self._evaluate(subject, protection, defense, customization)
+            if config.base_model:
+                self._evaluate(subject, ProtectionCell(CLEAN_PROTECTIONS[0]), Defense("none"), BASE_MODEL)
 
     # ------------------------------------------------------------------ stage configs
 
@@ -327,16 +330,18 @@ class ExperimentPlan:
         return self._add(key, what, work, f"customize {'/'.join(key[1:])}", model="model")
 
     def _sample(self, subject: str, protection: ProtectionCell, defense: Defense, customization: str) -> Stage:
-        model = self._customize(subject, protection, defense, customization)
+        base = customization == BASE_MODEL  # the model itself: nothing to customize
+        model = None if base else self._customize(subject, protection, defense, customization)
 
         def work(folder: Path) -> None:
             config = self._stage_config("sample", "", folder, with_model=False)
-            model_args(config)["pretrained_model_name_or_path"] = str(model.outputs["model"])
+            path = self.config.model if model is None else str(model.outputs["model"])
+            model_args(config)["pretrained_model_name_or_path"] = path
             callback_args(config, SampleWriter)["output_dir"] = str(folder / "samples")
             config["return_predictions"] = False
             self.run_stage("predict", config, folder)
 
-        what = {**self._common("sample"), "model": model.fingerprint}
+        what = {**self._common("sample"), "model": self.config.model if model is None else model.fingerprint}
         key = ("sample", subject, _slug(protection.name), _slug(defense.name), customization)
         return self._add(key, what, work, f"sample {'/'.join(key[1:])}", samples="samples")
 

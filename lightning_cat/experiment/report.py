@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from lightning_cat.atomic import atomic_write_bytes, atomic_write_json
+from lightning_cat.experiment.config import BASE_MODEL
 
 __all__ = [
     "ID_COLUMNS",
@@ -68,6 +69,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def _is_base(row: dict[str, Any]) -> bool:
+    """A row of the base model's own samples (``base_model: true``)."""
+    return row.get("customization") == BASE_MODEL
+
+
 def _is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -107,13 +113,16 @@ def _format(value: Any) -> str:
 def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: str | os.PathLike) -> Path:
     """Bar plot of ``metric``: protections on the x axis, one bar per defense.
 
-    Values are averaged over subjects, prompts and customizations (finite values only).
+    Values are averaged over subjects, prompts and customizations (finite values only); the base
+    model's rows (customization ``base``) are a dashed line across the plot.
     """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    base = [float(r[metric]) for r in rows if _is_base(r) and _is_finite_number(r.get(metric))]
+    rows = [row for row in rows if not _is_base(row)]
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
         value = row.get(metric)
@@ -130,6 +139,8 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: str | os.Path
         ]
         positions = [i + (d - (len(defenses) - 1) / 2) * width for i in range(len(protections))]
         axis.bar(positions, heights, width=width, label=defense)
+    if base:
+        axis.axhline(sum(base) / len(base), color="gray", linestyle="--", label="base model")
     axis.set_xticks(range(len(protections)), protections)
     axis.set_ylabel(metric)
     axis.set_title(metric)
@@ -139,10 +150,12 @@ def plot_metric(rows: Sequence[dict[str, Any]], metric: str, path: str | os.Path
 
 def budget_curves(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[float, list[dict[str, Any]]]]:
     """The rows of every (method, defense) by budget ``eps_255``, for methods run at two budgets or
-    more (a sweep); clean rows join each method's curve at budget 0."""
+    more (a sweep); clean rows join each method's curve at budget 0 (the base model's do not)."""
     by_method: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     clean: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
+        if _is_base(row):
+            continue
         if row.get("eps_255") in (None, 0, 0.0):
             clean[row["defense"]].append(row)
         else:
@@ -231,7 +244,7 @@ def cell_grids(cells: Sequence[Any], columns: Sequence[str], out_dir: str | os.P
     ``cells`` are :class:`~lightning_cat.experiment.plan.Cell` s; ``columns`` the defenses in order.
     """
     grids = []
-    groups = list(dict.fromkeys((c.subject, c.customization) for c in cells))
+    groups = list(dict.fromkeys((c.subject, c.customization) for c in cells if c.customization != BASE_MODEL))
     for subject, customization in groups:
         rows = []
         for protection in dict.fromkeys(c.protection for c in cells):
