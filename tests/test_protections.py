@@ -199,6 +199,21 @@ def test_aspl_stash_changes_memory_not_results(tiny, clean, stash, tmp_path, mon
     assert list(tmp_path.iterdir()) == []  # the disk stash's folder is gone
 
 
+@pytest.mark.parametrize("stash", ["disk", "device"])
+def test_metacloak_pool_stash_changes_memory_not_results(tiny, clean, stash, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    options = dict(FAST["metacloak"], pool_size=3, rounds=2)
+    class_images = clean.flip(-1)
+    results = {}
+    for location in ("cpu", stash):
+        protection = build_protection("metacloak", tiny, show_progress=False, pool_stash=location, **options)
+        results[location] = protection.protect(clean, KEYS, seed=5, class_images=class_images)
+    assert torch.equal(results[stash], results["cpu"]) and not torch.equal(results["cpu"], clean)
+    assert list(tmp_path.iterdir()) == []  # the disk stashes' folders are gone
+
+
 def test_surrogate_optimizer_8bit_keeps_8bit_states_and_changes_the_images(tiny, clean, monkeypatch):
     pytest.importorskip("bitsandbytes")
     from lightning_cat.protections.surrogate import Surrogate
@@ -231,6 +246,8 @@ def test_surrogate_optimizer_8bit_keeps_8bit_states_and_changes_the_images(tiny,
         build_protection("aspl", tiny, surrogate_optimizer="sgd")
     with pytest.raises(ValueError, match=r"theta_stash must be one of \['device', 'cpu', 'disk'\].*'gpu'"):
         build_protection("aspl", tiny, theta_stash="gpu")
+    with pytest.raises(ValueError, match=r"pool_stash must be one of \['device', 'cpu', 'disk'\].*'gpu'"):
+        build_protection("metacloak", tiny, pool_stash="gpu")
 
 
 def test_caat_trains_only_cross_attention_key_value(tiny, clean):

@@ -114,6 +114,8 @@ class ProtectionModule(DiffusionModule):
             ``cpu`` (default: host memory, so a GPU holds one model), ``disk`` (a temporary
             file: for short host memory and CPU-only machines) or ``device`` (beside the model).
         rounds, pool_size, pool_interval, cycles_per_snapshot: MetaCloak's schedule.
+        pool_stash: where MetaCloak keeps its pool of surrogate snapshots: ``cpu`` (default),
+            ``disk`` (temporary files) or ``device``.
         eot_samples, eot_transforms, crop_scale, blur_kernel_size: MetaCloak's transformations.
 
     Raises:
@@ -172,6 +174,7 @@ class ProtectionModule(DiffusionModule):
         pool_size: int | None = None,
         pool_interval: int | None = None,
         cycles_per_snapshot: int | None = None,
+        pool_stash: StashLocation | None = None,
         eot_samples: int | None = None,
         eot_transforms: list[EOTTransform] | None = None,
         crop_scale: float | None = None,

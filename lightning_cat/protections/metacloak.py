@@ -5,7 +5,10 @@ every ``pool_interval`` steps (the first is the pretrained model). Then, for ``r
 for each snapshot: load it into the (once-allocated) working surrogate and repeat
 ``cycles_per_snapshot`` times: ``steps`` sign steps ascending the expectation over ``eot_samples``
 random transformations ``T`` of ``L_DM(theta; T(x'))``, then ``surrogate_steps`` DreamBooth steps of
-the working surrogate on ``x'``. Snapshots live on the CPU.
+the working surrogate on ``x'``. The snapshots wait in weight stashes
+(:class:`~lightning_cat.protections.stash.WeightStash`, ``pool_stash``): ``cpu`` by default, so the
+device holds one model; ``disk`` when host memory is short too (six fp32 snapshots of SD 2.1's UNet
+and text encoder are 27 GiB); ``device``.
 
 The reference's inner adversarial "attacker" is off in its published configuration
 (``attack_pgd_radius=0``) and is not implemented.
@@ -19,6 +22,7 @@ import torch
 
 from lightning_cat.protections.advdm import DIFFUSION_DEFAULTS, PGD_DEFAULTS
 from lightning_cat.protections.base import DiffusionDraw, DiffusionObjective
+from lightning_cat.protections.stash import WeightStash
 from lightning_cat.protections.surrogate import SURROGATE_DEFAULTS, SurrogateProtection
 from lightning_cat.protections.transforms import random_transform
 from lightning_cat.seeding import image_generators
@@ -80,6 +84,7 @@ class MetaCloak(SurrogateProtection):
         "crop_scale": 0.875,
         "blur_kernel_size": 7,
         "surrogate_input_range": "unit",
+        "pool_stash": "cpu",
     }
 
     @classmethod
@@ -111,24 +116,30 @@ class MetaCloak(SurrogateProtection):
         o = self.options
         theta = self.make_surrogate(seed, "metacloak", copy=not self.in_place)
         self.surrogate = theta
+        pool: list[WeightStash] = []
         train_callback = self.surrogate_callback(progress)
         try:
             clean_set = theta.encode(self._surrogate_view(self.surrogate_training_set(clean, data)))
             class_set = theta.encode(data.class_images)
-            pool = [theta.snapshot()]
+
+            def snapshot() -> None:
+                pool.append(WeightStash(o["pool_stash"]))
+                pool[-1].save(theta.modules)
 
             def keep(step: int, loss: float) -> None:
                 train_callback(step, loss)
                 if (step + 1) % o["pool_interval"] == 0:
-                    pool.append(theta.snapshot())
+                    snapshot()
+
+            snapshot()
 
             theta.train(clean_set, class_set, (o["pool_size"] - 1) * o["pool_interval"], on_step=keep)
             generators = image_generators(seed, keys)
             adv = self.pgd.start(clean, generators)
             step = 0
             for _ in range(o["rounds"]):
-                for snapshot in pool:
-                    theta.load_state_dict(snapshot)
+                for stash in pool:
+                    stash.restore(theta.modules)
                     for _ in range(o["cycles_per_snapshot"]):
                         objective = self._eot_objective(theta)
                         with theta.frozen():
@@ -142,6 +153,8 @@ class MetaCloak(SurrogateProtection):
             self.objective = self.make_objective(theta)
             return self.pgd.finalize(adv, clean)
         finally:
+            for stash in pool:
+                stash.close()
             theta.release()
 
     def _eot_steps(self, adv, clean, objective, generators, step, progress):

@@ -144,6 +144,7 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "surrogate_input_range": _choice(choices(SurrogateInputRange)),
     "iterations": _integer(1),
     "theta_stash": _choice(STASH_LOCATIONS),
+    "pool_stash": _choice(STASH_LOCATIONS),
     # MetaCloak
     "rounds": _integer(1),
     "pool_size": _integer(1),

@@ -1,8 +1,8 @@
-"""Where ASPL keeps theta's weights while theta' trains in the same modules.
+"""Where ASPL keeps theta's weights while theta' trains in the same modules, and MetaCloak its pool.
 
 ASPL needs theta's weights back after each round's theta' phase, but never both sets at once on
-the device: theta' is theta plus a few steps. A :class:`WeightStash` holds one copy of the
-trained modules' state
+the device: theta' is theta plus a few steps; MetaCloak loads one snapshot of its pool at a time.
+A :class:`WeightStash` holds one copy of the trained modules' state
 
 * ``device``: beside the modules (fastest; as much memory as a second model),
 * ``cpu``: in host memory (on a GPU, the device then holds one model),

@@ -171,13 +171,6 @@ class Surrogate:
         for name, module in self.modules.items():
             module.load_state_dict(state[name])
 
-    def snapshot(self, device: torch.device | str = "cpu") -> dict[str, dict[str, torch.Tensor]]:
-        """A detached copy of the trained modules' weights on ``device`` (for snapshot pools)."""
-        return {
-            name: {key: value.detach().to(device, copy=True) for key, value in module.state_dict().items()}
-            for name, module in self.modules.items()
-        }
-
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
         """Trained parameters stop requiring gradients inside the block (PGD steps on the images
