@@ -135,7 +135,7 @@ def protect(
         settings = {"steps": 1} | CHEAPEST.get(method, {})
         if method == "aspl":
             settings |= {"iterations": 1, "surrogate_steps": 1, "in_place": True}
-        elif method in ("fsmg", "caat"):
+        elif method in ("fsmg", "caat", "metacloak"):
             settings |= {"in_place": True}
         protection = build_protection(method, components, show_progress=False, **settings, **options)
         extra = {"class_images": images} if protection.coupled and prior else {}
@@ -148,6 +148,8 @@ def protect(
 CHEAPEST = {
     "fsmg": {"surrogate_pretrain_steps": 1},
     "glaze_style": {"style_steps": 1, "lpips_random_backbone": True},
+    # A pool of 2 snapshots one surrogate step apart, one cycle each: 2 PGD and 3 surrogate steps.
+    "metacloak": {"rounds": 1, "pool_size": 2, "pool_interval": 1, "cycles_per_snapshot": 1, "surrogate_steps": 1},
 }
 
 
@@ -282,6 +284,10 @@ LOCAL = {
     "glaze_style/lightning_cat": lambda: protect("glaze_style", "lightning_cat", BASE, 512),
     "caat/lightning_cat": lambda: protect("caat", "lightning_cat", BASE, 512),
     "fsmg_8bit/lightning_cat": lambda: protect("fsmg", "lightning_cat", BASE, 512, surrogate_optimizer="adamw_8bit"),
+    # The pool on disk: the device (here host memory) holds one model whatever the pool's size.
+    "metacloak_disk_8bit/lightning_cat": lambda: protect(
+        "metacloak", "lightning_cat", BASE, 512, pool_stash="disk", surrogate_optimizer="adamw_8bit"
+    ),
     "sampling/lightning_cat": lambda: sampling("lightning_cat", BASE, 512),
     "sampling/baseline": lambda: sampling("baseline", BASE, 512),
     "purify_jpeg/lightning_cat": lambda: purify("jpeg", BASE, 512),
@@ -305,6 +311,8 @@ LOCAL = {
 _CAT = [sys.executable, str(HERE / "cat_throughput.py"), "--model", BASE, "--resolution", "512", "--rank", "128"]
 _CAT += ["--steps", "1", "--warmup", "0", "--threads", "1"]
 _DB = [sys.executable, str(HERE / "dreambooth_throughput.py"), "--steps", "1", "--warmup", "0"]
+_DB_STEADY = [sys.executable, str(HERE / "dreambooth_throughput.py"), "--steps", "2", "--warmup", "1"]
+_DB_STEADY += ["--model", BASE, "--resolution", "512", "--batch-size", "1"]
 EXTERNAL = {
     "cat_batch4/lightning_cat": [*_CAT, "--batch-size", "4", "--only", "lightning"],
     "cat_batch4_gc/lightning_cat": [*_CAT, "--batch-size", "4", "--only", "lightning", "--gradient-checkpointing"],
@@ -327,6 +335,9 @@ EXTERNAL = {
         *("--run", "module_cache"),
     ],
     "lora_768v/module_cache": [*_DB, "--model", V, "--resolution", "768", "--batch-size", "1", "--run", "module_cache"],
+    # Steps 2 and 3 (the first, which reads the memory-mapped weights in and warms the allocator, apart).
+    "lora_steady/module_cache": [*_DB_STEADY, "--run", "module_cache"],
+    "lora_steady/plain": [*_DB_STEADY, "--run", "plain"],
 }
 #: The order they run in (cheap and decisive first).
 ORDER = [
@@ -357,6 +368,7 @@ ORDER = [
     "glaze_style/lightning_cat",
     "caat/lightning_cat",
     "fsmg_8bit/lightning_cat",
+    "metacloak_disk_8bit/lightning_cat",
     "dreambooth_full_gc/lightning_cat",
     "dreambooth_full_gc_8bit/lightning_cat",
     "dreambooth_full_gc_8bit_bf16/lightning_cat",
@@ -368,6 +380,8 @@ ORDER = [
     "cat_batch4_gc_bf16/lightning_cat",
     "lora_bf16/module_cache",
     "lora_768v/module_cache",
+    "lora_steady/module_cache",
+    "lora_steady/plain",
 ]
 
 

@@ -97,6 +97,14 @@ STAGES = {
         None,
         10,
     ),
+    "metacloak_disk_8bit/lightning_cat": (
+        "MetaCloak, pool of 2 snapshots stashed on disk, 1 cycle each (2 PGD + 3 surrogate steps), 1+1 rows, "
+        "8-bit AdamW",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
     "cat/lightning_cat": ("CAT rank 128, batch 1, 512 px", VAE, CAT_128, "cat/plain"),
     "cat/plain": ("CAT plain loop, batch 1", VAE, CAT_128, None),
     "cat_batch4/lightning_cat": ("CAT rank 128, batch 4, 512 px", VAE, CAT_128, None),
@@ -108,6 +116,13 @@ STAGES = {
     "lora/plain": ("DreamBooth LoRA, diffusers-style loop (re-encodes every step)", ALL, LORA_16, None),
     "lora_bf16/module_cache": ("DreamBooth LoRA, bf16-mixed, 1+1 rows, 512 px", ALL, LORA_16, None),
     "lora_768v/module_cache": ("DreamBooth LoRA, sd21-shape 768 px v-prediction, 1+1 rows", ALL, LORA_16, None),
+    "lora_steady/module_cache": (
+        "DreamBooth LoRA, 1+1 rows, 512 px, cached latents: steps 2-3 (after a first step)",
+        ALL,
+        LORA_16,
+        "lora_steady/plain",
+    ),
+    "lora_steady/plain": ("DreamBooth LoRA, the re-encoding loop: steps 2-3", ALL, LORA_16, None),
     "dreambooth_full_gc/lightning_cat": (
         "DreamBooth full (UNet + text encoder), 2+2 rows, checkpointing",
         VAE,
