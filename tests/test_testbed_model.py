@@ -2,7 +2,8 @@
 DreamBooth-LoRA on a held-out subject brings samples closer to that subject than the base model.
 
 The two claims (fixed before the model was trained, see benchmarks/testbed/make_testbed_model.py):
-(1) clean DreamBooth customization (LoRA and full) beats the base model on the subject metric (nearest-subject SSIM);
+(1) clean DreamBooth customization (LoRA and full, the protocol's step counts) beats the base model
+on the subject metric (nearest-subject SSIM), judged on seeds no setting was chosen on;
 (2) samples are images, not noise: mean neighbouring-pixel correlation >= 0.7 AND mean BRISQUE
 <= 60. The correlation rules out pixel noise (the subject's photographs give 0.90-0.95 at 64 px,
 the random ``tiny`` model's coloured noise 0.49, i.i.d. noise 0); BRISQUE rules out what the
