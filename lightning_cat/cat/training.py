@@ -28,11 +28,12 @@ def cat_optimizer(
     weight_decay: float = 1e-2,
     lr_scheduler: LRSchedule = "cosine",
     optimizer: Optimizer = "adamw",
+    fuse: bool = True,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW and its per-step schedule with CAT's reference defaults (cosine to 0, no warmup).
 
     ``optimizer``: torch's ``adamw`` (the reference) or bitsandbytes' ``adamw_8bit``
-    (:func:`lightning_cat.optimization.adamw`).
+    (:func:`lightning_cat.optimization.adamw`, which also takes ``fuse``).
 
     Raises:
         ValueError: for an unknown ``lr_scheduler`` or optimizer, or ``num_steps < 1``.
@@ -45,7 +46,7 @@ def cat_optimizer(
     if num_steps < 1:
         raise ValueError(f"cat_optimizer: num_steps must be >= 1, got {num_steps}")
     groups = [{"params": list(parameters)}]
-    adam = adamw(groups, optimizer, lr=learning_rate, betas=tuple(betas), weight_decay=weight_decay)
+    adam = adamw(groups, optimizer, fuse=fuse, lr=learning_rate, betas=tuple(betas), weight_decay=weight_decay)
     scheduler = get_scheduler(lr_scheduler, adam, num_warmup_steps=0, num_training_steps=num_steps)
     return adam, scheduler
 

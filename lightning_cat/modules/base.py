@@ -70,6 +70,14 @@ class LightningCatModule(LightningModule):
     def configure_models(self) -> None:
         """Load or build the models the module runs."""
 
+    @property
+    def fuse_optimizer(self) -> bool:
+        """Whether the optimizer may be torch's fused one: not under fp16 AMP's gradient scaler, whose
+        unscaling a fused optimizer does itself (Lightning then refuses gradient clipping)."""
+        if self._trainer is None:
+            return True
+        return getattr(self.trainer.precision_plugin, "scaler", None) is None
+
     def fail(self, option: str, requirement: str, value: Any = None) -> None:
         """Raise ``ValueError("{Class}: {option} must be {requirement}, got {value!r}")``."""
         value = self.hparams.get(option) if value is None else value

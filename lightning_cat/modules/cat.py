@@ -207,6 +207,7 @@ class CATAdapterModule(DiffusionModule):
             weight_decay=h.weight_decay,
             lr_scheduler=h.lr_scheduler,
             optimizer=h.optimizer,
+            fuse=self.fuse_optimizer,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -371,7 +371,12 @@ class DreamBoothModule(DiffusionModule):
             text_lr = h.text_encoder_learning_rate or h.learning_rate
             groups.append({"params": self.trainable_parameters(self.text_encoder), "lr": text_lr})
         optimizer = adamw(
-            groups, h.optimizer, betas=(h.adam_beta1, h.adam_beta2), eps=h.adam_epsilon, weight_decay=h.weight_decay
+            groups,
+            h.optimizer,
+            fuse=self.fuse_optimizer,
+            betas=(h.adam_beta1, h.adam_beta2),
+            eps=h.adam_epsilon,
+            weight_decay=h.weight_decay,
         )
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         total = int(total) if math.isfinite(total) else max(h.lr_warmup_steps, 1)
