@@ -110,7 +110,7 @@ STAGES = {
     "cat_batch4/lightning_cat": ("CAT rank 128, batch 4, 512 px", VAE, CAT_128, None),
     "cat_gc/lightning_cat": ("CAT rank 128, batch 1, 512 px, gradient checkpointing", VAE, CAT_128, "cat/plain"),
     "cat_batch4_gc/lightning_cat": ("CAT rank 128, batch 4, 512 px, gradient checkpointing", VAE, CAT_128, None),
-    "cat_gc_bf16/lightning_cat": ("CAT rank 128, batch 1, checkpointing, bf16-mixed", VAE, CAT_128, "cat/plain"),
+    "cat_gc_bf16/lightning_cat": ("CAT rank 128, batch 1, checkpointing, bf16-mixed", VAE, CAT_128, None),
     "cat_batch4_gc_bf16/lightning_cat": ("CAT rank 128, batch 4, checkpointing, bf16-mixed", VAE, CAT_128, None),
     "lora/module_cache": ("DreamBooth LoRA r16, 1+1 rows, 512 px, cached latents", ALL, LORA_16, "lora/plain"),
     "lora/plain": ("DreamBooth LoRA, diffusers-style loop (re-encodes every step)", ALL, LORA_16, None),
