@@ -156,6 +156,12 @@ STAGES = {
     "purify_tv/lightning_cat": ("TV denoising, 512 px", 0, 0, None),
     "purify_latent_diffpure/lightning_cat": ("latent DiffPure, t* 100, 2 steps, 512 px", ALL, 0, None),
     "purify_impress/lightning_cat": ("IMPRESS, 1 Adam step, 512 px", VAE, 0, None),
+    "purify_latent_gridpure/lightning_cat": (
+        "latent GrIDPure, 1 iteration over 10 tiles of 256 px (9 every 128 px, the corner mosaic), 2 steps each, 512 px",
+        ALL,
+        0,
+        None,
+    ),
     "evaluate_latent_distortion/lightning_cat": ("latent distortion (VAE), 1 pair, 512 px", VAE, 0, None),
 }
 
