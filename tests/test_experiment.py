@@ -286,6 +286,18 @@ def test_a_budget_sweep_multiplies_the_protection_cells(experiment_file, tmp_pat
     assert sorted(p.name for p in (tmp_path / "run/subjects/photos/surrogate_clean").iterdir()) == ["rocket.png"]
 
 
+def test_a_budget_names_the_same_stages_however_it_is_written(experiment_file):
+    config = yaml.safe_load(experiment_file.read_text())
+    keys = {}
+    for spelling in ([8, 4.5], [8.0, 4.5]):
+        config["sweep"] = {"eps_255": spelling}
+        experiment_file.write_text(yaml.safe_dump(config))
+        keys[str(spelling)] = {
+            (s.key, s.fingerprint) for s in ExperimentRunner(load_experiment_config(experiment_file)).plan()
+        }
+    assert keys["[8, 4.5]"] == keys["[8.0, 4.5]"]
+
+
 def test_a_sweep_value_a_method_does_not_accept_is_rejected_before_any_stage(experiment_file, tmp_path):
     config = yaml.safe_load(experiment_file.read_text())
     config["sweep"] = {"eps_255": [8, 300]}

@@ -439,6 +439,8 @@ def _sweep(raw: dict[str, list[int | float]] | None, methods: list[str]) -> dict
     if not raw:
         raise ExperimentConfigError("sweep must map protection options to lists of values, e.g. {eps_255: [4, 8, 16]}")
     known = sorted(protection_option_names())
+    # One number, one spelling: 8.0 is 8, so a budget given either way names the same stages.
+    raw = {key: [int(v) if float(v).is_integer() else float(v) for v in values] for key, values in raw.items()}
     for key, values in raw.items():
         if key not in known:
             raise ExperimentConfigError(f"sweep: {key!r} is not a protection option; options: {known}")
