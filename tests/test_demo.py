@@ -20,8 +20,9 @@ def test_demo_experiment_runs_to_a_report(tmp_path):
     run_dir = tmp_path / "demo"
     with open(run_dir / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
+    assert {r["customization"] for r in rows} == {"lora", "base"}  # and the base model's own samples
     cells = {(r["protection"], r["defense"]) for r in rows}
-    assert cells == {("clean", "none"), ("advdm_plus", "none"), ("advdm_plus", "cat:both")}
+    assert cells == {("clean", "none"), ("advdm_plus", "none"), ("advdm_plus", "purify:tv+cdl")}
     for row in rows:
         for metric in ("subject_ssim", "subject_psnr", "pixel_correlation", "brisque"):
             assert math.isfinite(float(row[metric])), (metric, row)
@@ -30,7 +31,6 @@ def test_demo_experiment_runs_to_a_report(tmp_path):
             # protected-vs-clean columns exist exactly where there is a protected set
             assert (row[metric] != "") == protected, (metric, row)
             assert not protected or math.isfinite(float(row[metric]))
-        assert (row["cat/latent_mse_relative"] != "") == (protected and row["defense"] == "cat:both")
     html = report.read_text()
     assert "advdm_plus" in html and "<img" in html
-    assert (run_dir / "grids/photos-full.png").is_file() and list((run_dir / "plots").glob("*.png"))
+    assert (run_dir / "grids/photos-lora.png").is_file() and list((run_dir / "plots").glob("*.png"))

@@ -20,7 +20,7 @@ def test_print_config_shows_the_overridden_experiment_and_loads_back(capsys, tmp
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"] == {"accelerator": "cpu", "devices": 1, "max_steps": 3}
     assert printed["seed"] == 7 and printed["protections"] == ["clean", "advdm_plus"]
-    assert printed["skip"] == ["clean/cat:both"] and printed["base_model"] is True
+    assert printed["skip"] == ["clean/purify:tv+cdl"] and printed["base_model"] is True
     # The printed config is a valid experiment (its stage paths are relative to the demo's folder).
     copy = Path(DEMO).with_name(f"printed-{tmp_path.name}.yaml")
     try:

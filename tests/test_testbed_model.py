@@ -166,11 +166,11 @@ def test_testbed_experiments_plan_on_the_testbed_model(name):
     protections = {s.key[2] for s in evaluate}
     if name == "testbed":  # clean + 4 methods x eps 8 and 16, x 5 defenses, and the base model
         assert len(protections) == 9 and len(evaluate) == 46
-    else:  # clean, AdvDM(+), AdvDM(+) with CAT, and the base model
+    else:  # clean, AdvDM(+), AdvDM(+) purified with CDL, and the base model
         assert {(s.key[2], s.key[3], s.key[4]) for s in evaluate} == {
-            ("clean", "none", "full"),
-            ("advdm_plus", "none", "full"),
-            ("advdm_plus", "cat-both", "full"),
+            ("clean", "none", "lora"),
+            ("advdm_plus", "none", "lora"),
+            ("advdm_plus", "purify-tv+cdl", "lora"),
             ("clean", "none", "base"),
         }
 
