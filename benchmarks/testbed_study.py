@@ -40,15 +40,23 @@ COLUMNS = (
 )
 
 
+#: The subject metric on the first prompt alone ("a photo of sks person"): the second prompt's base
+#: samples are flat, which nearest-subject SSIM rewards (benchmarks/README.md).
+FIRST_PROMPT = "subject_ssim"
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean of each column over prompts, per (protection, defense, customization); the base model's
-    rows (customization ``base``) first."""
+    """Mean of each column over prompts, and ``FIRST_PROMPT`` on the first prompt alone (column
+    ``<name>@prompt1``), per (protection, defense, customization); the base model's rows first."""
     groups: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in sorted(rows, key=lambda r: r["customization"] != BASE_MODEL):
+        values = groups[(row["protection"], row["defense"], row["customization"])]
+        if not values:
+            values[f"{FIRST_PROMPT}@prompt1"].append(float(row[FIRST_PROMPT]))
         for column in COLUMNS:
             value = row.get(column)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                groups[(row["protection"], row["defense"], row["customization"])][column].append(float(value))
+                values[column].append(float(value))
     return [
         {"protection": p, "defense": d, "customization": c, **{k: sum(v) / len(v) for k, v in values.items()}}
         for (p, d, c), values in groups.items()
@@ -59,11 +67,12 @@ def markdown(table: list[dict]) -> str:
     def cell(value):
         return "" if value is None else f"{value:.3f}"
 
-    lines = ["| protection | defense | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    columns = (f"{FIRST_PROMPT}@prompt1", *COLUMNS)
+    lines = ["| protection | defense | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for row in table:
         label = ("(base model, no customization)", "") if row["customization"] == BASE_MODEL else None
         protection, defense = label or (row["protection"], row["defense"])
-        lines.append(f"| {protection} | {defense} | " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |")
+        lines.append(f"| {protection} | {defense} | " + " | ".join(cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
