@@ -63,6 +63,9 @@ def test_report_has_table_plots_and_grids(tmp_path):
     with Image.open(grid) as image:
         assert image.size == (110 + 3 * 64, 22 + 2 * 64)
         assert image.getpixel((110 + 64 + 32, 22 + 32))[2] > 200  # the protected (blue) tile is in place
+    long = image_grid([("advdm_plus@eps_255=16", [tmp_path / "clean.png"])], ["clean"], tmp_path / "l.png", cell=64)
+    with Image.open(long) as image:  # a sweep point's label is not cut: the label column widens
+        assert image.size[0] > 110 + 64 and image.getpixel((image.size[0] - 32, 22 + 32))[0] > 200
     md, page = write_report(ROWS, tmp_path, title="demo", notes=["tiny model"], grids=[grid])
     text = md.read_text()
     assert "| advdm_plus | cat:both |" in text and "plots/fid.png" in text and "grids/s.png" in text

@@ -216,14 +216,15 @@ def image_grid(
     cell: int = 128,
 ) -> Path:
     """Save a labelled grid: one row per ``(label, images)``; ``None`` leaves a cell blank."""
-    label_width, header = 110, 22
+    font = ImageFont.load_default(size=13)
+    header = 22  # the row labels in full (a sweep's "advdm_plus@eps_255=16"), at least 110 px
+    label_width = max([110] + [int(font.getlength(label)) + 8 for label, _ in rows])
     canvas = Image.new("RGB", (label_width + cell * len(columns), header + cell * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=13)
     for c, title in enumerate(columns):
         draw.text((label_width + c * cell + 4, 4), title[: cell // 7], fill="black", font=font)
     for r, (label, images) in enumerate(rows):
-        draw.text((4, header + r * cell + cell // 2 - 6), label[:14], fill="black", font=font)
+        draw.text((4, header + r * cell + cell // 2 - 6), label, fill="black", font=font)
         for c, image_path in enumerate(images):
             if image_path is None:
                 continue
