@@ -114,7 +114,9 @@ def main() -> None:
         "defenses": [d.name for d in config.defenses],
         "sweep": overrides.get("sweep", "as configured"),
         "cells": table,
-        "grid_seconds": round(grid_seconds),
+        "this_run_seconds": round(grid_seconds),  # finished stages of the run directory are reused
+        # every stage's own time, as its .stage.json records it (the work, whichever run did it)
+        "stage_seconds": round(sum(json.loads(f.read_text())["seconds"] for f in args.run_dir.rglob(".stage.json"))),
         "torch_threads": torch.get_num_threads(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +126,7 @@ def main() -> None:
     if grids:
         shutil.copyfile(grids[0], args.out / "testbed_grid.png")
     print(markdown(table))
-    print(f"grid: {grid_seconds / 60:.1f} min; written to {args.out}")
+    print(f"this run: {grid_seconds / 60:.1f} min; written to {args.out}")
 
 
 if __name__ == "__main__":
