@@ -4,7 +4,9 @@ plain diffusers-style loop that encodes every image with the VAE at every step.
 All three train the same LoRA (UNet attention, same rank) with prior preservation on the same
 instance and class images, batch ``B`` instance + ``B`` class rows, AdamW, grad clip 1.0. Each
 runs in its own process so its peak memory is its own. Reported: optimizer steps/s after
-warm-up and peak memory (CUDA: max allocated; CPU: peak resident set size).
+warm-up and peak memory (CUDA: max allocated; CPU: peak resident set size). The latent cache
+encodes an image the first time a step sees it, so the warm-up must cover one epoch
+(``--images`` / ``--batch-size`` steps) for the timed steps to show the cached loop.
 
     python benchmarks/dreambooth_throughput.py                     # tiny model, 64 px, CPU
     python benchmarks/dreambooth_throughput.py --model sd21-base \
@@ -45,12 +47,14 @@ def _data(args):
 
     root = Path(tempfile.mkdtemp(prefix="dreambooth-bench-"))
     size = max(args.resolution, 80)
-    make_images.write_photos(root / "instance", names=("astronaut", "chelsea", "coffee", "rocket", "camera"), size=size)
-    make_images.write_photos(root / "class", names=("moon", "coins", "clock", "brick", "grass"), size=size)
+    instance = ("astronaut", "chelsea", "coffee", "rocket", "camera")[: args.images]
+    prior = ("moon", "coins", "clock", "brick", "grass")[: args.images]
+    make_images.write_photos(root / "instance", names=instance, size=size)
+    make_images.write_photos(root / "class", names=prior, size=size)
     return DreamBoothDataModule(
         str(root / "instance"),
         class_root=str(root / "class"),
-        num_class_images=5,
+        num_class_images=args.images,
         resolution=args.resolution,
         batch_size=args.batch_size,
         num_workers=0,
@@ -167,6 +171,13 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2, help="instance rows per step (as many class rows)")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=5,
+        choices=range(1, 6),
+        help="instance images (as many class images); the latent cache is full after one epoch of them",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")

@@ -117,12 +117,12 @@ STAGES = {
     "lora_bf16/module_cache": ("DreamBooth LoRA, bf16-mixed, 1+1 rows, 512 px", ALL, LORA_16, None),
     "lora_768v/module_cache": ("DreamBooth LoRA, sd21-shape 768 px v-prediction, 1+1 rows", ALL, LORA_16, None),
     "lora_steady/module_cache": (
-        "DreamBooth LoRA, 1+1 rows, 512 px, cached latents: steps 2-3 (after a first step)",
+        "DreamBooth LoRA, 1+1 rows, 512 px, cached latents: steps 3-4 (after an epoch of 2+2 images)",
         ALL,
         LORA_16,
         "lora_steady/plain",
     ),
-    "lora_steady/plain": ("DreamBooth LoRA, the re-encoding loop: steps 2-3", ALL, LORA_16, None),
+    "lora_steady/plain": ("DreamBooth LoRA, the re-encoding loop: steps 3-4", ALL, LORA_16, None),
     "dreambooth_full_gc/lightning_cat": (
         "DreamBooth full (UNet + text encoder), 2+2 rows, checkpointing",
         VAE,
