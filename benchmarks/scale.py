@@ -269,6 +269,9 @@ def dreambooth_full(
 
 LOCAL = {
     "advdm_plus/lightning_cat": lambda: protect("advdm_plus", "lightning_cat", BASE, 512),
+    "advdm_plus_gc/lightning_cat": lambda: protect(
+        "advdm_plus", "lightning_cat", BASE, 512, gradient_checkpointing=True
+    ),
     "advdm_plus/baseline": lambda: protect("advdm_plus", "baseline", BASE, 512),
     "photoguard/lightning_cat": lambda: protect("photoguard", "lightning_cat", BASE, 512),
     "aspl/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512),
@@ -287,6 +290,30 @@ LOCAL = {
     ),
     "aspl_half_8bit/lightning_cat": lambda: protect(
         "aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="disk", surrogate_optimizer="adamw_8bit"
+    ),
+    # Gradient checkpointing in the VAE and UNet (PGD and surrogate steps).
+    "aspl_half_gc/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="disk", gradient_checkpointing=True
+    ),
+    "aspl_half_8bit_gc/lightning_cat": lambda: protect(
+        "aspl",
+        "lightning_cat",
+        HALF,
+        512,
+        prior=False,
+        theta_stash="disk",
+        surrogate_optimizer="adamw_8bit",
+        gradient_checkpointing=True,
+    ),
+    "aspl_stash_8bit_gc/lightning_cat": lambda: protect(
+        "aspl",
+        "lightning_cat",
+        BASE,
+        512,
+        prior=False,
+        theta_stash="disk",
+        surrogate_optimizer="adamw_8bit",
+        gradient_checkpointing=True,
     ),
     "mist/lightning_cat": lambda: protect("mist", "lightning_cat", BASE, 512),
     "sds_plus/lightning_cat": lambda: protect("sds_plus", "lightning_cat", BASE, 512),
@@ -376,6 +403,10 @@ ORDER = [
     "aspl_half_8bit/lightning_cat",
     "aspl_stash_8bit/lightning_cat",
     "aspl_stash/lightning_cat",
+    "advdm_plus_gc/lightning_cat",
+    "aspl_half_gc/lightning_cat",
+    "aspl_half_8bit_gc/lightning_cat",
+    "aspl_stash_8bit_gc/lightning_cat",
     "mist/lightning_cat",
     "sds_plus/lightning_cat",
     "glaze_style/lightning_cat",

@@ -36,6 +36,12 @@ PROCESS_MB = 880
 #: theta'); 24 for ASPL's reference loop (the loaded model, its round copy, the phase's copy)])
 STAGES = {
     "advdm_plus/lightning_cat": ("AdvDM+ 1 PGD step, 512 px, 1 image", ALL, 0, "advdm_plus/baseline"),
+    "advdm_plus_gc/lightning_cat": (
+        "AdvDM+ as above, gradient checkpointing (VAE, UNet)",
+        ALL,
+        0,
+        "advdm_plus/baseline",
+    ),
     "advdm_plus/baseline": ("AdvDM+ plain PGD loop", ALL, 0, None),
     "photoguard/lightning_cat": ("PhotoGuard (encoder) 1 PGD step, 512 px", VAE, 0, None),
     "aspl/lightning_cat": (
@@ -66,6 +72,19 @@ STAGES = {
         "aspl_half/baseline",
         10,
     ),
+    "aspl_half_gc/lightning_cat": (
+        "ASPL half-width, theta on disk, gradient checkpointing",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half/baseline",
+    ),
+    "aspl_half_8bit_gc/lightning_cat": (
+        "ASPL half-width, theta on disk, 8-bit AdamW, gradient checkpointing",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half/baseline",
+        10,
+    ),
     "aspl_half/baseline": (
         "ASPL reference loop (deep copies), half-width, 1 step per phase",
         VAE,
@@ -81,6 +100,13 @@ STAGES = {
     ),
     "aspl_stash_8bit/lightning_cat": (
         "ASPL as above, theta on disk, 8-bit AdamW",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
+    "aspl_stash_8bit_gc/lightning_cat": (
+        "ASPL as above, theta on disk, 8-bit AdamW, gradient checkpointing",
         VAE,
         UNET + TEXT,
         None,

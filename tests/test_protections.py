@@ -214,6 +214,43 @@ def test_metacloak_pool_stash_changes_memory_not_results(tiny, clean, stash, tmp
     assert list(tmp_path.iterdir()) == []  # the disk stashes' folders are gone
 
 
+@pytest.mark.parametrize("method", ["advdm_plus", "photoguard", "aspl"])
+def test_gradient_checkpointing_recomputes_blocks_without_changing_results(tiny, clean, method):
+    # A layer inside a checkpointed block runs again in the backward pass (the block's own hook does not).
+    blocks = {
+        "vae": tiny.vae.encoder.down_blocks[0].resnets[0].conv1,
+        "unet": tiny.unet.down_blocks[0].resnets[0].conv1,
+    }
+    results, calls = {}, {False: dict.fromkeys(blocks, 0), True: dict.fromkeys(blocks, 0)}
+    for checkpointing in (False, True):
+        counts = calls[checkpointing]
+        hooks = [
+            block.register_forward_hook(lambda *_, name=name, counts=counts: counts.update({name: counts[name] + 1}))
+            for name, block in blocks.items()
+        ]
+        try:
+            results[checkpointing] = protect(
+                clean,
+                keys=KEYS,
+                seed=3,
+                method=method,
+                components=tiny,
+                show_progress=False,
+                gradient_checkpointing=checkpointing,
+                **FAST[method],
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+    assert torch.equal(results[True], results[False]) and not torch.equal(results[False], clean)
+    assert calls[True]["vae"] > calls[False]["vae"]
+    if method == "advdm_plus":
+        assert calls[True]["unet"] > calls[False]["unet"]
+    assert not tiny.vae.is_gradient_checkpointing and not tiny.unet.is_gradient_checkpointing  # switched back off
+    with pytest.raises(ValueError, match=r"gradient_checkpointing must be true or false, got 'yes'"):
+        build_protection(method, tiny, gradient_checkpointing="yes")
+
+
 def test_surrogate_optimizer_8bit_keeps_8bit_states_and_changes_the_images(tiny, clean, monkeypatch):
     pytest.importorskip("bitsandbytes")
     from lightning_cat.protections.surrogate import Surrogate

@@ -1,6 +1,7 @@
 """Generic Stable Diffusion plumbing in plain torch/diffusers: loading a checkpoint by path, hub id
 or short name, the offline tiny models, latents, prompts, noise and the denoising objective."""
 
+from lightning_cat.diffusion.checkpointing import gradient_checkpointing
 from lightning_cat.diffusion.denoising import diffusion_loss, sample_noise_and_timesteps, snr_weights, training_target
 from lightning_cat.diffusion.hub import HUB_MODELS, REMOVED_HUB_IDS
 from lightning_cat.diffusion.latents import (
@@ -53,6 +54,7 @@ __all__ = [
     "diffusion_loss",
     "encode_latents",
     "encode_prompts",
+    "gradient_checkpointing",
     "ensure_tiny_model",
     "ensure_tiny_upscaler",
     "latent_distribution",

@@ -84,6 +84,8 @@ class ProtectionModule(DiffusionModule):
         random_start: start from a random point of the budget ball.
         step_schedule: ``constant`` or ``linear`` decay to ``alpha * final_step_fraction``.
         final_step_fraction: see ``step_schedule``.
+        gradient_checkpointing: recompute the VAE's and UNet's activations in the backward pass of
+            PGD and surrogate steps: less memory, the same result, about one more forward pass.
         prompt: prompt of the diffusion objective / the instance prompt of surrogates.
         timestep_range: ``[low, high)`` of the objective's timesteps (default: all).
         num_noise_draws: noise draws per image and PGD step.
@@ -142,6 +144,7 @@ class ProtectionModule(DiffusionModule):
         random_start: bool | None = None,
         step_schedule: StepSchedule | None = None,
         final_step_fraction: float | None = None,
+        gradient_checkpointing: bool | None = None,
         prompt: str | None = None,
         timestep_range: tuple[int, int] | None = None,
         num_noise_draws: int | None = None,

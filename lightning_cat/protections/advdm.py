@@ -21,6 +21,8 @@ PGD_DEFAULTS: dict[str, Any] = {
     "random_start": False,
     "step_schedule": "constant",
     "final_step_fraction": 0.01,
+    # How to compute, not what: recompute the VAE's and UNet's activations in the backward pass.
+    "gradient_checkpointing": False,
 }
 
 #: Options of every objective built on ``L_DM``.

@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from lightning_cat.diffusion import diffusion_loss, latent_distribution, latent_shape, scale_latents
+from lightning_cat.diffusion import (
+    diffusion_loss,
+    gradient_checkpointing,
+    latent_distribution,
+    latent_shape,
+    scale_latents,
+)
 from lightning_cat.protections.options import resolve_options
 from lightning_cat.protections.pgd import PGD, warn_odd_budget
 from lightning_cat.seeding import image_generators
@@ -336,14 +342,17 @@ class Protection:
             raise ValueError(f"{self.name}: class_images and surrogate_images are for methods that train a surrogate")
         clean = images.detach().to(self.device, torch.float32)
         progress = _Progress(self.pgd.steps, self.name, self.show_progress, callback)
+        # Checkpointing (an option) covers the PGD steps and the surrogate's training steps.
+        models = {"vae": getattr(self.components, "vae", None), "unet": getattr(self.components, "unet", None)}
         try:
-            if self.coupled:
-                order = sorted(range(len(keys)), key=keys.__getitem__)
-                inverse = sorted(range(len(keys)), key=order.__getitem__)
-                extra = SurrogateData(_on(class_images, self.device), _on(surrogate_images, self.device))
-                result = self._protect(clean[order], [keys[i] for i in order], seed, extra, progress)[inverse]
-            else:
-                result = self._protect(clean, keys, seed, None, progress)
+            with gradient_checkpointing(models, enabled=self.options.get("gradient_checkpointing", False)):
+                if self.coupled:
+                    order = sorted(range(len(keys)), key=keys.__getitem__)
+                    inverse = sorted(range(len(keys)), key=order.__getitem__)
+                    extra = SurrogateData(_on(class_images, self.device), _on(surrogate_images, self.device))
+                    result = self._protect(clean[order], [keys[i] for i in order], seed, extra, progress)[inverse]
+                else:
+                    result = self._protect(clean, keys, seed, None, progress)
         finally:
             progress.close()
         return result.to(images.device)

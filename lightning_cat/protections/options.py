@@ -112,6 +112,7 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "random_start": _boolean,
     "step_schedule": _choice(STEP_SCHEDULES),
     "final_step_fraction": _number(0, 1),
+    "gradient_checkpointing": _boolean,
     # diffusion objectives
     "prompt": _text,
     "timestep_range": _timestep_range,

@@ -51,6 +51,7 @@ class PhotoGuard(ObjectiveProtection):
         "step_schedule": "linear",
         "final_step_fraction": 0.01,
         "target_image": None,
+        "gradient_checkpointing": False,
     }
 
     @property
