@@ -144,6 +144,45 @@ def protect(
     return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
 
 
+def protect_module(method: str, model: str, resolution: int, precision: str, **options) -> dict:
+    """One ASPL iteration (one step per phase, no prior rows) through ``ProtectionModule`` under the
+    Trainer, so that ``precision`` (e.g. ``bf16-mixed``) applies as in a user's run: frozen parts
+    cast to bf16, the trained surrogate kept in fp32, autocast around every step."""
+    import tempfile
+
+    from lightning.pytorch import Trainer
+
+    sys.path.insert(0, str(HERE.parent / "tests" / "data"))
+    import make_images
+
+    from lightning_cat.datamodules import ImageFolderDataModule
+    from lightning_cat.modules import ProtectionModule
+
+    folder = Path(tempfile.mkdtemp(prefix="scale-bench-module-"))
+    make_images.write_photos(folder / "images", names=("astronaut",), size=resolution)
+    settings = {"steps": 1, "iterations": 1, "surrogate_steps": 1} if method == "aspl" else {"steps": 1}
+    module = ProtectionModule(
+        method=method,
+        pretrained_model_name_or_path=model,
+        output_dir=str(folder / "protected"),
+        **settings,
+        **options,
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(folder / "logs"),
+    )
+    datamodule = ImageFolderDataModule(str(folder / "images"), resolution=resolution, batch_size=1)
+    seconds = _timed(lambda: trainer.fit(module, datamodule))
+    return {"seconds_per_step": seconds, "batch": 1}
+
+
 #: Each method's cheapest valid setting beyond one PGD step.
 CHEAPEST = {
     "fsmg": {"surrogate_pretrain_steps": 1},
@@ -315,6 +354,10 @@ LOCAL = {
         surrogate_optimizer="adamw_8bit",
         gradient_checkpointing=True,
     ),
+    # bf16-mixed through the module and the Trainer (the plain API above runs in fp32).
+    "aspl_stash_8bit_bf16/lightning_cat": lambda: protect_module(
+        "aspl", BASE, 512, "bf16-mixed", theta_stash="disk", surrogate_optimizer="adamw_8bit"
+    ),
     "mist/lightning_cat": lambda: protect("mist", "lightning_cat", BASE, 512),
     "sds_plus/lightning_cat": lambda: protect("sds_plus", "lightning_cat", BASE, 512),
     "glaze_style/lightning_cat": lambda: protect("glaze_style", "lightning_cat", BASE, 512),
@@ -407,6 +450,7 @@ ORDER = [
     "aspl_half_gc/lightning_cat",
     "aspl_half_8bit_gc/lightning_cat",
     "aspl_stash_8bit_gc/lightning_cat",
+    "aspl_stash_8bit_bf16/lightning_cat",
     "mist/lightning_cat",
     "sds_plus/lightning_cat",
     "glaze_style/lightning_cat",

@@ -112,6 +112,13 @@ STAGES = {
         None,
         10,
     ),
+    "aspl_stash_8bit_bf16/lightning_cat": (
+        "ASPL as above, theta on disk, 8-bit AdamW, bf16-mixed (ProtectionModule under the Trainer)",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
     "mist/lightning_cat": ("Mist 1 PGD step (UNet + textural loss), 512 px", ALL, 0, None),
     "sds_plus/lightning_cat": ("SDS(+) 1 PGD step, 512 px", ALL, 0, None),
     "glaze_style/lightning_cat": ("Glaze-style 1 PGD step (1 img2img style step, random LPIPS)", ALL, 0, None),
