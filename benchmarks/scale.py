@@ -229,6 +229,14 @@ def purify(name: str, model: str, resolution: int) -> dict:
         "tv": {},
         "latent_diffpure": {"pretrained_model_name_or_path": model, "timestep": 100, "num_inference_steps": 2},
         "impress": {"pretrained_model_name_or_path": model, "iterations": 1, "lpips_random_backbone": True},
+        # Liu et al.'s CodeSR without the face restorer: 512 px -> 128 px -> the x4 upscaler, guidance 9.
+        "noisy_upscale": {
+            "pretrained_model_name_or_path": "sd-x4-upscaler-shape",
+            "num_inference_steps": 2,
+            "guidance_scale": 9.0,
+            "noise_level": 20,
+            "low_resolution": 128,
+        },
         # One iteration over the reference's 256 px tiles every 128 px (9 at 512 px) and the corner mosaic, 2 steps each.
         "latent_gridpure": {
             "pretrained_model_name_or_path": model,
@@ -243,7 +251,7 @@ def purify(name: str, model: str, resolution: int) -> dict:
     images, keys = _photos(1, resolution)
     loaded = _rss_mb()
     seconds = _timed(lambda: purify_images(purifier, images, keys))
-    steps = {"latent_diffpure": 2, "impress": 1, "latent_gridpure": 1}.get(name, 1)
+    steps = {"latent_diffpure": 2, "impress": 1, "latent_gridpure": 1, "noisy_upscale": 2}.get(name, 1)
     return {"seconds_per_step": seconds / steps, "seconds": seconds, "rss_after_load_mb": loaded, "batch": 1}
 
 
@@ -374,6 +382,7 @@ LOCAL = {
     "purify_latent_diffpure/lightning_cat": lambda: purify("latent_diffpure", BASE, 512),
     "purify_impress/lightning_cat": lambda: purify("impress", BASE, 512),
     "purify_latent_gridpure/lightning_cat": lambda: purify("latent_gridpure", BASE, 512),
+    "purify_noisy_upscale/lightning_cat": lambda: purify("noisy_upscale", BASE, 512),
     "evaluate_latent_distortion/lightning_cat": lambda: evaluate(BASE, 512),
     "dreambooth_full_gc/lightning_cat": lambda: dreambooth_full("lightning_cat", BASE, 512, True, 2),
     # Liu et al.'s DreamBooth optimizer (8-bit AdamW): 10 bytes per trained parameter instead of 16.
@@ -437,6 +446,7 @@ ORDER = [
     "purify_latent_diffpure/lightning_cat",
     "purify_impress/lightning_cat",
     "purify_latent_gridpure/lightning_cat",
+    "purify_noisy_upscale/lightning_cat",
     "evaluate_latent_distortion/lightning_cat",
     "aspl/lightning_cat",
     "aspl/baseline",

@@ -24,6 +24,8 @@ RESULTS = HERE / "results" / "scale.json"
 # Parameter counts of the SD 2.1 networks (the shape models have the published ones; tests/test_scale.py).
 UNET, TEXT, VAE = 865_910_724, 340_387_840, 83_653_863
 ALL = UNET + TEXT + VAE
+#: sd-x4-upscaler-shape: its UNet (473.4 M), VAE (55.3 M) and the same text encoder.
+UPSCALER = 473_398_020 + 55_325_927 + TEXT
 HALF_UNET, HALF_TEXT = 216_594_404, 97_842_176  # scale.half_width_model(): every UNet / text-encoder width halved
 LORA_16, CAT_128 = 3_319_808, 27_099_136  # UNet attention LoRA rank 16; CAT "both" rank 128 (counted on the models)
 #: RSS of a process that imported torch, diffusers and lightning_cat, before any weight is read (measured:
@@ -192,6 +194,12 @@ STAGES = {
     "purify_latent_gridpure/lightning_cat": (
         "latent GrIDPure, 1 iteration over 10 tiles of 256 px (9 every 128 px, the corner mosaic), 2 steps each, 512 px",
         ALL,
+        0,
+        None,
+    ),
+    "purify_noisy_upscale/lightning_cat": (
+        "noisy upscaling, 512 px -> 128 px -> x4 upscaler (sd-x4-upscaler-shape), guidance 9, per step",
+        UPSCALER,
         0,
         None,
     ),

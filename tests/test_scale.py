@@ -85,18 +85,59 @@ def test_unknown_shape_model_is_refused():
         shape_configs("sd15-shape")
 
 
+def test_shape_upscaler_has_the_published_x4_architecture(tmp_path, monkeypatch):
+    """The values of the x4 upscaler's original config (x4-upscaling.yaml), through the normal path."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from lightning_cat.diffusion import shape_upscaler
+
+    configs = shape_upscaler.shape_upscaler_configs()
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+    assert unet.conv_in.in_channels == 7 and unet.class_embedding.num_embeddings == 1000  # latent + image; noise level
+    assert list(unet.config.block_out_channels) == [256, 512, 512, 1024]  # model_channels 256, channel_mult 1 2 2 4
+    # Attention at downsampling 2, 4, 8; self-attention disabled in the first three levels only.
+    assert not hasattr(unet.down_blocks[0], "attentions")
+    assert [b.attentions[0].transformer_blocks[0].only_cross_attention for b in unet.down_blocks[1:]] == [
+        True,
+        True,
+        False,
+    ]
+    assert unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.heads == 8
+    assert len(vae.encoder.down_blocks) == 3 and vae.config.scaling_factor == 0.08333  # ch_mult 1 2 4
+    # The name resolves to a build in the cache (weights left out here), once.
+    monkeypatch.setenv("LIGHTNING_CAT_CACHE", str(tmp_path))
+    shape_upscaler.ensure_shape_upscaler.cache_clear()
+    built = []
+    monkeypatch.setattr(shape_upscaler, "_build", lambda folder: (built.append(folder), folder.mkdir(exist_ok=True)))
+    try:
+        check_model_name("sd-x4-upscaler-shape")
+        path = resolve_model_path("sd-x4-upscaler-shape")
+        assert path.startswith(str(tmp_path)) and resolve_model_path("sd-x4-upscaler-shape") == path
+        assert len(built) == 1
+    finally:
+        shape_upscaler.ensure_shape_upscaler.cache_clear()
+    with pytest.raises(ValueError, match="sd-x4-upscaler-shape"):
+        shape_upscaler.ensure_shape_upscaler("sd-x2-upscaler-shape")
+
+
 # ----------------------------------------------------------------------------- slow: every stage at paper size
 
 
 @pytest.fixture(scope="module")
 def shape_cache(tmp_path_factory):
-    """Both shape models built in a private cache (about 10 GB), removed at the end."""
+    """Both shape models and the shape upscaler built in a private cache (about 13 GB), removed at the end."""
+    from lightning_cat.diffusion.shape_upscaler import ensure_shape_upscaler
+
     folder = tmp_path_factory.mktemp("shape-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LIGHTNING_CAT_CACHE", str(folder))
         shape_module.ensure_shape_model.cache_clear()
+        ensure_shape_upscaler.cache_clear()
         yield folder
         shape_module.ensure_shape_model.cache_clear()
+        ensure_shape_upscaler.cache_clear()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -177,6 +218,13 @@ def test_every_stage_runs_on_the_shape_models(shape_cache):
     del base, metric, protection
     purifier = build_purifier(
         "latent_diffpure", pretrained_model_name_or_path="sd21-base-shape", timestep=100, num_inference_steps=2
+    )
+    purified = purify_images(purifier, image, ["a"])
+    assert purified.shape == image.shape and torch.isfinite(purified).all()
+    del purifier
+    # noisy upscaling on the architecture-only x4 upscaler: 512 px -> 128 px -> 512 px
+    purifier = build_purifier(
+        "noisy_upscale", pretrained_model_name_or_path="sd-x4-upscaler-shape", num_inference_steps=2
     )
     purified = purify_images(purifier, image, ["a"])
     assert purified.shape == image.shape and torch.isfinite(purified).all()

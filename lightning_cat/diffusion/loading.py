@@ -18,6 +18,7 @@ import torch
 
 from lightning_cat.diffusion.hub import HUB_MODELS, LOCAL_FOLDER_HINT, resolve_hub_name
 from lightning_cat.diffusion.shape import SHAPE_MODELS, ensure_shape_model
+from lightning_cat.diffusion.shape_upscaler import SHAPE_UPSCALERS, ensure_shape_upscaler
 from lightning_cat.diffusion.testbed import TESTBED_MODELS, testbed_model_path
 from lightning_cat.diffusion.tiny import TINY_MODELS, ensure_tiny_model
 from lightning_cat.diffusion.tiny_upscaler import TINY_UPSCALERS, ensure_tiny_upscaler
@@ -49,7 +50,7 @@ __all__ = [
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "noise_scheduler")
 #: Names of the models the library builds (tiny, shape) or ships (testbed) rather than downloads.
-_BUILT_OR_SHIPPED = (*sorted(TINY_MODELS), *TESTBED_MODELS, *TINY_UPSCALERS, *SHAPE_MODELS)
+_BUILT_OR_SHIPPED = (*sorted(TINY_MODELS), *TESTBED_MODELS, *TINY_UPSCALERS, *SHAPE_MODELS, *SHAPE_UPSCALERS)
 
 #: Inference schedulers selectable by name; ``default`` is the one the checkpoint ships.
 SCHEDULERS = {
@@ -144,6 +145,8 @@ def resolve_model_path(pretrained_model_name_or_path: str) -> str:
         return str(ensure_tiny_upscaler(name))
     if name in SHAPE_MODELS:
         return str(ensure_shape_model(name))
+    if name in SHAPE_UPSCALERS:
+        return str(ensure_shape_upscaler(name))
     local = Path(name).expanduser()
     return str(local) if local.exists() else resolve_hub_name(name)
 

@@ -27,7 +27,15 @@ import torch
 
 from lightning_cat.diffusion.tiny import build_once, write_clip_tokenizer, write_model_index
 
-__all__ = ["SHAPE_MODELS", "SHAPE_RESOLUTIONS", "ensure_shape_model", "shape_configs", "write_shape_configs"]
+__all__ = [
+    "SD2_TEXT_ENCODER",
+    "SHAPE_MODELS",
+    "SHAPE_RESOLUTIONS",
+    "ensure_shape_model",
+    "shape_configs",
+    "write_sd2_tokenizer",
+    "write_shape_configs",
+]
 
 #: Shape model name -> the short hub name whose architecture it copies.
 SHAPE_MODELS = {"sd21-base-shape": "sd21-base", "sd21-shape": "sd21"}
@@ -78,7 +86,7 @@ _VAE = {
 # text_encoder/config.json: OpenCLIP ViT-H/14's text tower converted to CLIPTextModel. The
 # token ids 0/2/1 are the conversion's (eos_token_id 2 makes transformers pool at the argmax id,
 # i.e. at <|endoftext|>, as OpenCLIP does).
-_TEXT_ENCODER = {
+SD2_TEXT_ENCODER = {
     "attention_dropout": 0.0,
     "bos_token_id": 0,
     "dropout": 0.0,
@@ -139,12 +147,12 @@ def shape_configs(name: str) -> dict[str, dict[str, Any]]:
         "sample_size": extra["sample_size"],
         "upcast_attention": extra["upcast_attention"],
     }
-    text = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **_TEXT_ENCODER}
+    text = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **SD2_TEXT_ENCODER}
     scheduler = {"_class_name": extra["scheduler"], **_SCHEDULER, "prediction_type": extra["prediction_type"]}
     return {"unet": unet, "vae": {"_class_name": "AutoencoderKL", **_VAE}, "text_encoder": text, "scheduler": scheduler}
 
 
-def _write_sd2_tokenizer(folder: Path) -> None:
+def write_sd2_tokenizer(folder: Path) -> None:
     # The real CLIP BPE; SD 2 pads with "!" (id 0), not <|endoftext|> as SD 1 does.
     write_clip_tokenizer(folder)
     config_file = folder / "tokenizer_config.json"
@@ -173,7 +181,7 @@ def write_shape_configs(folder: Path, name: str) -> None:
     scheduler_cls.from_config({k: v for k, v in configs["scheduler"].items() if k != "_class_name"}).save_pretrained(
         folder / "scheduler"
     )
-    _write_sd2_tokenizer(folder / "tokenizer")
+    write_sd2_tokenizer(folder / "tokenizer")
     write_model_index(folder, configs["scheduler"]["_class_name"])
 
 
