@@ -30,7 +30,8 @@ Design (fixed before training; see ``lightning_cat/diffusion/testbed_model/DATA_
   and 14-19; an untrained UNet through this VAE: 0.83 and 155; i.i.d. noise: 0 and 88-100).
   The BRISQUE bound was added (after the untrained-UNet control) while this model trained.
 
-Seeded and single-threaded, so a rerun on this machine gives the same files; ``testbed.json``
+Seeded and single-threaded, so a rerun on this machine gives the same files (checked: a rebuild
+into a fresh ``--out`` wrote every weight file byte for byte as shipped); ``testbed.json``
 beside the model records the recipe, the losses and the training time.
 """
 
@@ -252,6 +253,11 @@ def train(args, folder: Path) -> dict:
 
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
+    # from_pretrained recorded where the VAE was read from (this checkout's absolute path): not shipped.
+    vae_config = folder / "vae" / "config.json"
+    config = json.loads(vae_config.read_text(encoding="utf-8"))
+    config.pop("_name_or_path", None)
+    vae_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     ema.save_pretrained(folder / "unet", safe_serialization=True)
     text_encoder.eval().save_pretrained(folder / "text_encoder", safe_serialization=True)
     DDIMScheduler(**scheduler_config).save_pretrained(folder / "scheduler")
