@@ -14,7 +14,6 @@ mean nothing. Built once into the cache (about 3.5 GB) and loaded through ``from
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from typing import Any
 import torch
 
 from lightning_cat.diffusion.shape import SD2_TEXT_ENCODER, write_sd2_tokenizer
-from lightning_cat.diffusion.tiny import build_once, diffusers_version
+from lightning_cat.diffusion.tiny import build_once
+from lightning_cat.diffusion.tiny_upscaler import write_upscaler_index
 
 __all__ = ["SHAPE_UPSCALERS", "ensure_shape_upscaler", "shape_upscaler_configs"]
 
@@ -31,7 +31,6 @@ SHAPE_UPSCALERS = ("sd-x4-upscaler-shape",)
 # Bump when the written files change, so stale caches are not reused.
 _FORMAT = 1
 _SEED = 0
-_MAX_NOISE_LEVEL = 350
 
 
 def shape_upscaler_configs() -> dict[str, dict[str, Any]]:
@@ -95,21 +94,7 @@ def _build(folder: Path) -> None:
     DDIMScheduler(**configs["scheduler"]).save_pretrained(folder / "scheduler")
     DDPMScheduler(**configs["low_res_scheduler"]).save_pretrained(folder / "low_res_scheduler")
     write_sd2_tokenizer(folder / "tokenizer")
-    model_index = {
-        "_class_name": "StableDiffusionUpscalePipeline",
-        "diffusers_version": diffusers_version(),
-        "feature_extractor": [None, None],
-        "low_res_scheduler": ["diffusers", "DDPMScheduler"],
-        "max_noise_level": _MAX_NOISE_LEVEL,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "watermarker": [None, None],
-    }
-    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2), encoding="utf-8")
+    write_upscaler_index(folder)
 
 
 @cache

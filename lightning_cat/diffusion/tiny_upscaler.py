@@ -20,7 +20,7 @@ import torch
 
 from lightning_cat.diffusion.tiny import build_once, diffusers_version, write_clip_tokenizer
 
-__all__ = ["TINY_UPSCALERS", "ensure_tiny_upscaler"]
+__all__ = ["TINY_UPSCALERS", "ensure_tiny_upscaler", "write_upscaler_index"]
 
 #: Names of tiny upscalers accepted wherever a ``pretrained_model_name_or_path`` is.
 TINY_UPSCALERS = ("tiny-upscaler",)
@@ -95,6 +95,12 @@ def _build(folder: Path) -> None:
     scheduler.save_pretrained(folder / "scheduler")
     low_res_scheduler.save_pretrained(folder / "low_res_scheduler")
     write_clip_tokenizer(folder / "tokenizer")
+    write_upscaler_index(folder)
+
+
+def write_upscaler_index(folder: Path) -> None:
+    """``model_index.json`` of a ``StableDiffusionUpscalePipeline`` folder (no safety checker or
+    watermarker; DDIM sampling, DDPM noise on the low-resolution image up to level 350)."""
     model_index = {
         "_class_name": "StableDiffusionUpscalePipeline",
         "diffusers_version": diffusers_version(),
