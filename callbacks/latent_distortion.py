@@ -31,7 +31,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning_cat.callbacks.evaluator import MetricEvaluator, images_of
 from lightning_cat.cat.adapter import load_cat_vae
 from lightning_cat.diffusion.loading import load_vae
-from lightning_cat.metrics.latent_distortion import LatentDistortion
+from lightning_cat.metrics.latent_distortion import LatentDistortion, check_latent_distortion_keys
 
 __all__ = ["LatentDistortionCallback"]
 
@@ -45,7 +45,8 @@ class LatentDistortionCallback(MetricEvaluator):
         cat_adapter: a CAT adapter folder (peft format) evaluated beside the base VAE (``None``: base only).
         revision: hub revision of the checkpoint.
         variant: weight variant of the checkpoint files.
-        keys: the values of :class:`~lightning_cat.metrics.LatentDistortion` to log (``None``: all).
+        keys: the values of :class:`~lightning_cat.metrics.LatentDistortion` to compute and log
+            (``None``: all); the VAE passes no listed value needs are skipped.
 
     Raises:
         ValueError: at construction, for an unknown key (naming the allowed ones); at setup, if no
@@ -63,12 +64,7 @@ class LatentDistortionCallback(MetricEvaluator):
         keys: list[str] | None = None,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(keys or ()) - set(LatentDistortion.KEYS))
-        if unknown:
-            raise ValueError(
-                f"LatentDistortionCallback: unknown keys {unknown}; choose from {list(LatentDistortion.KEYS)}"
-            )
-        self.keys = list(keys) if keys is not None else list(LatentDistortion.KEYS)
+        self.keys = check_latent_distortion_keys(keys, "LatentDistortionCallback")
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.cat_adapter = cat_adapter
         self.revision = revision
@@ -85,9 +81,10 @@ class LatentDistortionCallback(MetricEvaluator):
             )
         weights = {"revision": self.revision, "variant": self.variant}
         base = load_vae(name, **weights).requires_grad_(False).eval()
-        self.metrics["base"] = LatentDistortion(base)
+        self.metrics["base"] = LatentDistortion(base, keys=self.keys)
         if self.cat_adapter is not None:
-            self.metrics["cat"] = LatentDistortion(load_cat_vae(name, self.cat_adapter, **weights), reference_vae=base)
+            adapted = load_cat_vae(name, self.cat_adapter, **weights)
+            self.metrics["cat"] = LatentDistortion(adapted, reference_vae=base, keys=self.keys)
 
     def prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The VAEs take the module's dtype (float64 under precision 64-true; fp32 under *-mixed).
@@ -105,8 +102,8 @@ class LatentDistortionCallback(MetricEvaluator):
         return f"{stage}/{name}/{key}"
 
     def select_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # Computed values are reduced over ranks: with no pair anywhere every rank gets 0/0.
-        if any(key.endswith("/recon_psnr") and value.isnan() for key, value in values.items()):
+        # Computed values are reduced over ranks: with no pair anywhere every value is 0/0 on every rank.
+        if values and all(value.isnan() for value in values.values()):
             raise KeyError(
                 "LatentDistortionCallback needs clean/protected pairs (step outputs or batches with 'image' "
                 "and 'clean', as PairedImageDataModule, or EvaluationDataModule with a protected_root, gives); "

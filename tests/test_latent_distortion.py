@@ -104,6 +104,55 @@ def test_compute_keys_are_listed():
     assert tuple(metric.compute()) == LatentDistortion.KEYS
 
 
+@pytest.mark.parametrize(
+    ("keys", "encodes", "decodes"),
+    [
+        (["latent_mse_relative", "recon_psnr"], 2, 1),  # the shipped SD 2.1 configs' keys: no clean decode
+        (["recon_psnr", "recon_mse_self"], 1, 1),
+        (["latent_mse", "latent_mse_vs_reference"], 3, 0),
+        (["recon_gap"], 2, 2),
+        (None, 3, 2),
+    ],
+)
+def test_keys_compute_the_same_values_with_only_the_passes_they_need(pairs, keys, encodes, decodes):
+    protected, clean = pairs
+    base, adapted = load_vae("tiny"), load_vae("tiny")
+    with torch.no_grad():
+        adapted.encoder.conv_in.weight.mul_(1.1)  # a reference VAE that differs from the evaluated one
+    calls = {"encode": 0, "decode": 0}
+
+    def counting(vae, name):
+        original = getattr(vae, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        setattr(vae, name, wrapper)
+
+    for vae in (base, adapted):
+        counting(vae, "encode")
+        counting(vae, "decode")
+    full = LatentDistortion(adapted, reference_vae=base)
+    full.update(protected, clean)
+    expected = full.compute()
+    calls.update(encode=0, decode=0)
+    metric = LatentDistortion(adapted, reference_vae=base, keys=keys)
+    metric.update(protected, clean)
+    values = metric.compute()
+    assert list(values) == (keys or list(LatentDistortion.KEYS))
+    for key, value in values.items():
+        assert torch.equal(value, expected[key]), key
+    assert calls == {"encode": encodes, "decode": decodes}
+
+
+def test_unknown_keys_are_refused_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"unknown keys \['psnr'\]; choose from \['latent_mse'"):
+        LatentDistortion(load_vae("tiny"), keys=["latent_mse", "psnr"])
+    with pytest.raises(ValueError, match="choose from"):
+        LatentDistortion(load_vae("tiny"), keys=[])
+
+
 def test_callback_rejects_unknown_keys():
     from lightning_cat.callbacks import LatentDistortionCallback
 

@@ -46,10 +46,9 @@ class PurificationRow:
 
 
 def _measure(vae, images: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
-    metric = LatentDistortion(vae).to(clean.device)
+    metric = LatentDistortion(vae, keys=["latent_mse_relative", "recon_mse", "recon_psnr"]).to(clean.device)
     metric.update(images, clean)
-    computed = metric.compute()
-    values = {key: computed[key].item() for key in ("latent_mse_relative", "recon_mse", "recon_psnr")}
+    values = {key: value.item() for key, value in metric.compute().items()}
     values["pixel_psnr"] = per_image_psnr(images, clean).mean().item()
     return values
 
