@@ -127,7 +127,7 @@ def protect(
         if method == "advdm_plus":
             run = lambda: reference.baseline_advdm(components, images, 1, to_model_units(16), to_model_units(1))  # noqa: E731
         else:  # aspl: deep copies of UNet and text encoder per iteration and per training phase
-            steps = 3 if prior else 1  # the first runs: the reference's 3 steps per phase
+            steps = options.get("surrogate_steps", 3 if prior else 1)  # the first runs: the reference's 3 per phase
             run = lambda: reference.baseline_aspl(  # noqa: E731
                 components, images, 1, 1, to_model_units(8), to_model_units(1), surrogate_steps=steps
             )
@@ -137,7 +137,7 @@ def protect(
             settings |= {"iterations": 1, "surrogate_steps": 1, "in_place": True}
         elif method in ("fsmg", "caat", "metacloak"):
             settings |= {"in_place": True}
-        protection = build_protection(method, components, show_progress=False, **settings, **options)
+        protection = build_protection(method, components, show_progress=False, **(settings | options))
         extra = {"class_images": images} if protection.coupled and prior else {}
         run = lambda: protection.protect(images, keys, seed=0, **extra)  # noqa: E731
     seconds = _timed(run)
@@ -270,6 +270,113 @@ def evaluate(model: str, resolution: int) -> dict:
     return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
 
 
+def evaluation_weights() -> Path:
+    """Random-weight files of the evaluation's own networks at their published architectures, built
+    once into the cache: torch-fidelity's FID Inception-v3, open_clip's ViT-L-14, ViT-B-32 and RN50,
+    torchvision's AlexNet (LPIPS's backbone). Their memory and time do not depend on the weights'
+    values; the metrics load them through the same code as the real files."""
+    import torch
+
+    from lightning_cat.diffusion.tiny import build_once
+
+    def build(folder: Path) -> None:
+        import open_clip
+        import torchvision
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        empty = folder / "empty.pt"
+        torch.save({}, empty)
+
+        class RandomInception(NoTrainInceptionV3):
+            def load_state_dict(self, *args, **kwargs):  # keep the random initialisation
+                return None
+
+        inception = RandomInception(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(empty)
+        )
+        torch.save(inception.state_dict(), folder / "inception.pth")
+        empty.unlink()
+        for name in ("ViT-L-14", "ViT-B-32", "RN50"):
+            model = open_clip.create_model(name, pretrained=None)
+            torch.save(model.state_dict(), folder / f"open_clip_{name}.pt")
+        torch.save(torchvision.models.alexnet(weights=None).state_dict(), folder / "alexnet.pth")
+        (folder / "model_index.json").write_text("{}\n")  # build_once's mark of a finished build
+
+    return build_once("evaluation-weights-shape-f1", build)
+
+
+#: The shipped SD 2.1 evaluation configs and the Stable Diffusion model their latent distortion uses.
+EVALUATION_CONFIGS = {"antidreambooth": BASE, "cat": V, "liu": BASE}
+
+
+def evaluate_config(protocol: str, images: int = 4) -> dict:
+    """``configs/eval/metrics.<protocol>.sd21.yaml`` through ``lightning-cat test`` at 512 px on
+    ``images`` clean, protected and generated photographs, with the random-weight files above, the
+    face metrics on dlib (its real weights ship in a package; insightface's do not install offline)
+    and the latent distortion on the shape model's VAE."""
+    import tempfile
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from lightning_cat.cli import main as cli
+
+    sys.path.insert(0, str(HERE.parent / "tests" / "data"))
+    import make_images
+
+    weights = evaluation_weights()
+    files = {
+        "fid_weights": weights / "inception.pth",
+        "lpips_backbone_weights": weights / "alexnet.pth",
+    }
+    folder = Path(tempfile.mkdtemp(prefix="scale-bench-eval-"))
+    names = sorted(make_images.PHOTOS)[:images]
+    make_images.write_photos(folder / "clean", names=names, size=512)
+    make_images.write_photos(folder / "generated", names=names, size=512)
+    (folder / "protected").mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        clean = np.asarray(Image.open(folder / "clean" / f"{name}.png").convert("RGB"), dtype=np.int16)
+        noise = rng.choice(np.array([-8, 8], dtype=np.int16), size=clean.shape)
+        Image.fromarray(np.clip(clean + noise, 0, 255).astype(np.uint8)).save(folder / "protected" / f"{name}.png")
+
+    config = yaml.safe_load((HERE.parent / "configs" / "eval" / f"metrics.{protocol}.sd21.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:
+        arguments = callback["init_args"]
+        for key in list(arguments):
+            if key in files:
+                arguments[key] = str(files[key])
+            elif key == "clip_weights":
+                arguments[key] = str(weights / f"open_clip_{arguments['clip_model']}.pt")
+            elif key == "face_backend":
+                arguments |= {"face_backend": "dlib", "face_min_confidence": None}
+                arguments.pop("face_models_dir", None)
+            elif key == "pretrained_model_name_or_path":
+                arguments[key] = EVALUATION_CONFIGS[protocol]
+    config["trainer"] |= {"default_root_dir": str(folder / "logs"), "enable_progress_bar": False, "profiler": "simple"}
+    config["data"]["init_args"] |= {kind + "_root": str(folder / kind) for kind in ("clean", "protected", "generated")}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = _rss_mb()
+    start = time.perf_counter()
+    run = cli(["test", "--config", str(path)])
+    seconds = time.perf_counter() - start
+    metrics = {key: float(value) for key, value in run.trainer.callback_metrics.items()}
+    # Seconds per callback and hook (model loading happens in setup, the metrics in the batch and epoch hooks).
+    hooks = {
+        action.removeprefix("[Callback]"): sum(durations)
+        for action, durations in run.trainer.profiler.recorded_durations.items()
+        if action.startswith("[Callback]") and sum(durations) > 0.5
+    }
+    return {"seconds_per_step": seconds / images, "seconds": seconds, "rss_after_load_mb": loaded, "batch": images} | {
+        "metrics": metrics,
+        "callback_seconds": hooks,
+    }
+
+
 def dreambooth_full(
     implementation: str,
     model: str,
@@ -278,8 +385,10 @@ def dreambooth_full(
     batch: int,
     optimizer: str = "adamw",
     precision: str = "32-true",
+    steps: int = 1,
 ) -> dict:
-    """One DreamBooth full fine-tune step (UNet + text encoder, prior preservation, AdamW)."""
+    """``steps`` DreamBooth full fine-tune steps (UNet + text encoder, prior preservation, AdamW); from the
+    second step on, the optimizer's states exist during the forward and backward pass."""
     import tempfile
 
     from lightning.pytorch import Trainer
@@ -302,7 +411,7 @@ def dreambooth_full(
     trainer = Trainer(
         accelerator="cpu",
         precision=precision,
-        max_steps=1,
+        max_steps=steps,
         gradient_clip_val=1.0,
         logger=False,
         enable_checkpointing=False,
@@ -311,7 +420,7 @@ def dreambooth_full(
         default_root_dir=tempfile.mkdtemp(prefix="scale-bench-logs-"),
     )
     seconds = _timed(lambda: trainer.fit(module, datamodule))
-    return {"seconds_per_step": seconds, "batch": batch}
+    return {"seconds_per_step": seconds / steps, "seconds": seconds, "steps": steps, "batch": batch}
 
 
 LOCAL = {
@@ -352,6 +461,23 @@ LOCAL = {
         surrogate_optimizer="adamw_8bit",
         gradient_checkpointing=True,
     ),
+    # The reference's 3 surrogate steps per phase: from the second step of a phase on, AdamW's states
+    # exist during the forward and backward pass (one step per phase measures a phase's first step only).
+    "aspl_half_3steps/baseline": lambda: protect("aspl", "baseline", HALF, 512, prior=False, surrogate_steps=3),
+    "aspl_half_3steps/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="disk", surrogate_steps=3
+    ),
+    "aspl_half_8bit_gc_3steps/lightning_cat": lambda: protect(
+        "aspl",
+        "lightning_cat",
+        HALF,
+        512,
+        prior=False,
+        theta_stash="disk",
+        surrogate_optimizer="adamw_8bit",
+        gradient_checkpointing=True,
+        surrogate_steps=3,
+    ),
     "aspl_stash_8bit_gc/lightning_cat": lambda: protect(
         "aspl",
         "lightning_cat",
@@ -366,14 +492,22 @@ LOCAL = {
     "aspl_stash_8bit_bf16/lightning_cat": lambda: protect_module(
         "aspl", BASE, 512, "bf16-mixed", theta_stash="disk", surrogate_optimizer="adamw_8bit"
     ),
+    "advdm_plus_bf16/lightning_cat": lambda: protect_module("advdm_plus", BASE, 512, "bf16-mixed"),
+    "advdm_minus/lightning_cat": lambda: protect("advdm_minus", "lightning_cat", BASE, 512),
     "mist/lightning_cat": lambda: protect("mist", "lightning_cat", BASE, 512),
     "sds_plus/lightning_cat": lambda: protect("sds_plus", "lightning_cat", BASE, 512),
+    "sds_minus/lightning_cat": lambda: protect("sds_minus", "lightning_cat", BASE, 512),
+    "sdst/lightning_cat": lambda: protect("sdst", "lightning_cat", BASE, 512),
     "glaze_style/lightning_cat": lambda: protect("glaze_style", "lightning_cat", BASE, 512),
     "caat/lightning_cat": lambda: protect("caat", "lightning_cat", BASE, 512),
     "fsmg_8bit/lightning_cat": lambda: protect("fsmg", "lightning_cat", BASE, 512, surrogate_optimizer="adamw_8bit"),
     # The pool on disk: the device (here host memory) holds one model whatever the pool's size.
     "metacloak_disk_8bit/lightning_cat": lambda: protect(
         "metacloak", "lightning_cat", BASE, 512, pool_stash="disk", surrogate_optimizer="adamw_8bit"
+    ),
+    # The default pool of 6 snapshots, one surrogate step apart, one cycle each: 6 PGD and 11 surrogate steps.
+    "metacloak_pool6_disk_8bit/lightning_cat": lambda: protect(
+        "metacloak", "lightning_cat", BASE, 512, pool_stash="disk", surrogate_optimizer="adamw_8bit", pool_size=6
     ),
     "sampling/lightning_cat": lambda: sampling("lightning_cat", BASE, 512),
     "sampling/baseline": lambda: sampling("baseline", BASE, 512),
@@ -384,6 +518,7 @@ LOCAL = {
     "purify_latent_gridpure/lightning_cat": lambda: purify("latent_gridpure", BASE, 512),
     "purify_noisy_upscale/lightning_cat": lambda: purify("noisy_upscale", BASE, 512),
     "evaluate_latent_distortion/lightning_cat": lambda: evaluate(BASE, 512),
+    **{f"evaluate_{p}/lightning_cat": (lambda p=p: evaluate_config(p)) for p in EVALUATION_CONFIGS},
     "dreambooth_full_gc/lightning_cat": lambda: dreambooth_full("lightning_cat", BASE, 512, True, 2),
     # Liu et al.'s DreamBooth optimizer (8-bit AdamW): 10 bytes per trained parameter instead of 16.
     "dreambooth_full_gc_8bit/lightning_cat": lambda: dreambooth_full("lightning_cat", BASE, 512, True, 2, "adamw_8bit"),
@@ -392,6 +527,21 @@ LOCAL = {
     ),
     "dreambooth_full_8bit_bf16/lightning_cat": lambda: dreambooth_full(
         "lightning_cat", BASE, 512, False, 2, "adamw_8bit", "bf16-mixed"
+    ),
+    # Two steps: the second one's forward and backward run beside the optimizer's states (the first
+    # step creates them only in optimizer.step()), as every later step of a real run does.
+    "dreambooth_full_gc_8bit_bf16_2steps/lightning_cat": lambda: dreambooth_full(
+        "lightning_cat", BASE, 512, True, 2, "adamw_8bit", "bf16-mixed", steps=2
+    ),
+    "aspl_stash_8bit_2steps/lightning_cat": lambda: protect(
+        "aspl",
+        "lightning_cat",
+        BASE,
+        512,
+        prior=False,
+        theta_stash="disk",
+        surrogate_optimizer="adamw_8bit",
+        surrogate_steps=2,
     ),
 }
 
@@ -480,6 +630,19 @@ ORDER = [
     "lora_768v/module_cache",
     "lora_steady/module_cache",
     "lora_steady/plain",
+    "advdm_minus/lightning_cat",
+    "sds_minus/lightning_cat",
+    "sdst/lightning_cat",
+    "advdm_plus_bf16/lightning_cat",
+    "evaluate_antidreambooth/lightning_cat",
+    "evaluate_cat/lightning_cat",
+    "evaluate_liu/lightning_cat",
+    "metacloak_pool6_disk_8bit/lightning_cat",
+    "dreambooth_full_gc_8bit_bf16_2steps/lightning_cat",
+    "aspl_stash_8bit_2steps/lightning_cat",
+    "aspl_half_3steps/baseline",
+    "aspl_half_3steps/lightning_cat",
+    "aspl_half_8bit_gc_3steps/lightning_cat",
 ]
 
 

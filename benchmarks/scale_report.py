@@ -28,6 +28,9 @@ ALL = UNET + TEXT + VAE
 UPSCALER = 473_398_020 + 55_325_927 + TEXT
 HALF_UNET, HALF_TEXT = 216_594_404, 97_842_176  # scale.half_width_model(): every UNet / text-encoder width halved
 LORA_16, CAT_128 = 3_319_808, 27_099_136  # UNet attention LoRA rank 16; CAT "both" rank 128 (counted on the models)
+#: The evaluation's own networks (counted on scale.evaluation_weights()'s files): open_clip ViT-L-14, ViT-B-32 and
+#: RN50, torch-fidelity's FID Inception-v3, LPIPS's AlexNet features (dlib's models are not torch parameters).
+CLIP_L14, CLIP_B32, CLIP_RN50, INCEPTION, ALEX = 427_616_513, 151_277_313, 102_007_137, 23_850_960, 2_469_696
 #: RSS of a process that imported torch, diffusers and lightning_cat, before any weight is read (measured:
 #: 890 MB after loading the 15 MB tiny model, 934 MB after mapping the 5 GB shape model).
 PROCESS_MB = 880
@@ -94,6 +97,26 @@ STAGES = {
         None,
         24,
     ),
+    "aspl_half_3steps/lightning_cat": (
+        "ASPL half-width, theta on disk, the reference's 3 surrogate steps per phase",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half_3steps/baseline",
+    ),
+    "aspl_half_8bit_gc_3steps/lightning_cat": (
+        "ASPL half-width, theta on disk, 8-bit AdamW, gradient checkpointing, 3 surrogate steps per phase",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half_3steps/baseline",
+        10,
+    ),
+    "aspl_half_3steps/baseline": (
+        "ASPL reference loop (deep copies), half-width, 3 surrogate steps per phase (the reference's)",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        None,
+        24,
+    ),
     "aspl_stash/lightning_cat": (
         "ASPL 1 iteration (1 step per phase, no prior rows), theta stashed on disk",
         VAE,
@@ -114,6 +137,13 @@ STAGES = {
         None,
         10,
     ),
+    "aspl_stash_8bit_2steps/lightning_cat": (
+        "ASPL as above, theta on disk, 8-bit AdamW, 2 surrogate steps per phase",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
     "aspl_stash_8bit_bf16/lightning_cat": (
         "ASPL as above, theta on disk, 8-bit AdamW, bf16-mixed (ProtectionModule under the Trainer)",
         VAE,
@@ -123,6 +153,15 @@ STAGES = {
     ),
     "mist/lightning_cat": ("Mist 1 PGD step (UNet + textural loss), 512 px", ALL, 0, None),
     "sds_plus/lightning_cat": ("SDS(+) 1 PGD step, 512 px", ALL, 0, None),
+    "sds_minus/lightning_cat": ("SDS(-) 1 PGD step, 512 px", ALL, 0, None),
+    "sdst/lightning_cat": ("SDST 1 PGD step (SDS(-) + textural loss), 512 px", ALL, 0, None),
+    "advdm_minus/lightning_cat": ("AdvDM(-) 1 PGD step, 512 px", ALL, 0, None),
+    "advdm_plus_bf16/lightning_cat": (
+        "AdvDM+ 1 PGD step, bf16-mixed (ProtectionModule under the Trainer: loading, the step, the PNG written)",
+        ALL,
+        0,
+        None,
+    ),
     "glaze_style/lightning_cat": ("Glaze-style 1 PGD step (1 img2img style step, random LPIPS)", ALL, 0, None),
     "caat/lightning_cat": ("CAAT 1 step (cross-attention k/v + PGD), 512 px", ALL, 0, None),
     "fsmg_8bit/lightning_cat": (
@@ -135,6 +174,14 @@ STAGES = {
     "metacloak_disk_8bit/lightning_cat": (
         "MetaCloak, pool of 2 snapshots stashed on disk, 1 cycle each (2 PGD + 3 surrogate steps), 1+1 rows, "
         "8-bit AdamW",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
+    "metacloak_pool6_disk_8bit/lightning_cat": (
+        "MetaCloak, the default pool of 6 snapshots stashed on disk, 1 cycle each (6 PGD + 11 surrogate steps), "
+        "1+1 rows, 8-bit AdamW",
         VAE,
         UNET + TEXT,
         None,
@@ -178,6 +225,13 @@ STAGES = {
         None,
         10,
     ),
+    "dreambooth_full_gc_8bit_bf16_2steps/lightning_cat": (
+        "DreamBooth full as above, 2 steps (the second runs beside AdamW's states), per step",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
     "dreambooth_full_8bit_bf16/lightning_cat": (
         "DreamBooth full, 2+2 rows, no checkpointing, 8-bit AdamW, bf16-mixed",
         VAE,
@@ -204,6 +258,27 @@ STAGES = {
         None,
     ),
     "evaluate_latent_distortion/lightning_cat": ("latent distortion (VAE), 1 pair, 512 px", VAE, 0, None),
+    "evaluate_antidreambooth/lightning_cat": (
+        "configs/eval/metrics.antidreambooth.sd21.yaml (FID, CLIP ViT-L-14, LPIPS, BRISQUE, dlib FDFR / ISM, "
+        "latent distortion), per image of 4 clean + 4 protected + 4 generated, 512 px",
+        CLIP_L14 + INCEPTION + ALEX + VAE,
+        0,
+        None,
+    ),
+    "evaluate_cat/lightning_cat": (
+        "configs/eval/metrics.cat.sd21.yaml (CLIP-IQA RN50 without positions, LPIPS, dlib FDFR / ISM, latent "
+        "distortion), per image as above",
+        CLIP_RN50 + ALEX + VAE,
+        0,
+        None,
+    ),
+    "evaluate_liu/lightning_cat": (
+        "configs/eval/metrics.liu.sd21.yaml (CLIP-IQAC ViT-B-32, LPIPS, BRISQUE, dlib FDFR / ISM, latent "
+        "distortion), per image as above",
+        CLIP_B32 + ALEX + VAE,
+        0,
+        None,
+    ),
 }
 
 

@@ -1,16 +1,20 @@
 """The architecture-only SD 2.1 models: published shapes, normal loading, every stage at paper size.
 
 The fast tests build the models on the meta device (no weights) from the configs the library
-writes, and load the tokenizer and schedulers through the normal path. The slow test builds the
+writes, and load the tokenizer and schedulers through the normal path. The slow tests build the
 real-size models (about 5 GB each and the 3.3 GB upscaler, in a temporary cache removed
-afterwards) and runs each stage for one step at the papers' resolutions on CPU (measured: 12.3 GiB
-peak RSS, the CAT step; 21 minutes at one thread).
+afterwards) and run each stage for one step at the papers' resolutions on CPU (measured: 12.3 GiB
+peak RSS, the CAT step; 21 minutes at one thread), and the shipped SD 2.1 evaluation configs end
+to end at 512 px (7 minutes at one thread).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +249,30 @@ def test_every_stage_runs_on_the_shape_models(shape_cache):
     loss = dreambooth_loss(v.unet, v.noise_scheduler, latents, condition).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+
+
+#: Values each shipped SD 2.1 evaluation config logs (besides PSNR and the latent distortion).
+EVALUATION_VALUES = {
+    "antidreambooth": {"fid", "clip_iqa", "clip_iqac", "lpips", "brisque", "fdfr", "ism"},
+    "cat": {"clip_iqa", "lpips", "fdfr", "ism"},
+    "liu": {"clip_iqac", "lpips", "brisque", "fdfr", "ism"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 8 minutes at one thread
+def test_the_sd21_evaluation_configs_run_at_512_px(shape_cache):
+    """configs/eval/metrics.*.sd21.yaml end to end through ``lightning-cat test`` at 512 px, with random
+    weights in the metrics' real architectures (benchmarks/scale.py's evaluation_weights) and dlib's
+    real face models."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import scale
+
+    assert set(scale.EVALUATION_CONFIGS) == set(EVALUATION_VALUES)
+    for protocol, expected in EVALUATION_VALUES.items():
+        metrics = scale.evaluate_config(protocol, images=2)["metrics"]
+        assert expected | {"psnr", "test/base/latent_mse_relative", "test/base/recon_psnr"} <= set(metrics), protocol
+        assert all(math.isfinite(value) for value in metrics.values()), (protocol, metrics)
+        assert 29.5 < metrics["psnr"] < 31.5  # +-8/255 noise on every pixel: 30.1 dB before clipping
+        assert metrics["fdfr"] < 1  # dlib finds the astronaut's face at 512 px
+        assert metrics["test/base/latent_mse_relative"] > 0
