@@ -423,6 +423,14 @@ def dreambooth_full(
     return {"seconds_per_step": seconds / steps, "seconds": seconds, "steps": steps, "batch": batch}
 
 
+#: ASPL with every memory option: one image without prior rows, theta on disk, 8-bit AdamW, checkpointing.
+_LEAN_ASPL = {
+    "prior": False,
+    "theta_stash": "disk",
+    "surrogate_optimizer": "adamw_8bit",
+    "gradient_checkpointing": True,
+}
+
 LOCAL = {
     "advdm_plus/lightning_cat": lambda: protect("advdm_plus", "lightning_cat", BASE, 512),
     "advdm_plus_gc/lightning_cat": lambda: protect(
@@ -451,16 +459,7 @@ LOCAL = {
     "aspl_half_gc/lightning_cat": lambda: protect(
         "aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="disk", gradient_checkpointing=True
     ),
-    "aspl_half_8bit_gc/lightning_cat": lambda: protect(
-        "aspl",
-        "lightning_cat",
-        HALF,
-        512,
-        prior=False,
-        theta_stash="disk",
-        surrogate_optimizer="adamw_8bit",
-        gradient_checkpointing=True,
-    ),
+    "aspl_half_8bit_gc/lightning_cat": lambda: protect("aspl", "lightning_cat", HALF, 512, **_LEAN_ASPL),
     # The reference's 3 surrogate steps per phase: from the second step of a phase on, AdamW's states
     # exist during the forward and backward pass (one step per phase measures a phase's first step only).
     "aspl_half_3steps/baseline": lambda: protect("aspl", "baseline", HALF, 512, prior=False, surrogate_steps=3),
@@ -468,26 +467,9 @@ LOCAL = {
         "aspl", "lightning_cat", HALF, 512, prior=False, theta_stash="disk", surrogate_steps=3
     ),
     "aspl_half_8bit_gc_3steps/lightning_cat": lambda: protect(
-        "aspl",
-        "lightning_cat",
-        HALF,
-        512,
-        prior=False,
-        theta_stash="disk",
-        surrogate_optimizer="adamw_8bit",
-        gradient_checkpointing=True,
-        surrogate_steps=3,
+        "aspl", "lightning_cat", HALF, 512, **_LEAN_ASPL, surrogate_steps=3
     ),
-    "aspl_stash_8bit_gc/lightning_cat": lambda: protect(
-        "aspl",
-        "lightning_cat",
-        BASE,
-        512,
-        prior=False,
-        theta_stash="disk",
-        surrogate_optimizer="adamw_8bit",
-        gradient_checkpointing=True,
-    ),
+    "aspl_stash_8bit_gc/lightning_cat": lambda: protect("aspl", "lightning_cat", BASE, 512, **_LEAN_ASPL),
     # bf16-mixed through the module and the Trainer (the plain API above runs in fp32).
     "aspl_stash_8bit_bf16/lightning_cat": lambda: protect_module(
         "aspl", BASE, 512, "bf16-mixed", theta_stash="disk", surrogate_optimizer="adamw_8bit"
