@@ -483,6 +483,9 @@ LOCAL = {
     "glaze_style/lightning_cat": lambda: protect("glaze_style", "lightning_cat", BASE, 512),
     "caat/lightning_cat": lambda: protect("caat", "lightning_cat", BASE, 512),
     "fsmg_8bit/lightning_cat": lambda: protect("fsmg", "lightning_cat", BASE, 512, surrogate_optimizer="adamw_8bit"),
+    "fsmg_8bit_2steps/lightning_cat": lambda: protect(
+        "fsmg", "lightning_cat", BASE, 512, surrogate_optimizer="adamw_8bit", surrogate_pretrain_steps=2
+    ),
     # The pool on disk: the device (here host memory) holds one model whatever the pool's size.
     "metacloak_disk_8bit/lightning_cat": lambda: protect(
         "metacloak", "lightning_cat", BASE, 512, pool_stash="disk", surrogate_optimizer="adamw_8bit"
@@ -625,6 +628,7 @@ ORDER = [
     "aspl_half_3steps/baseline",
     "aspl_half_3steps/lightning_cat",
     "aspl_half_8bit_gc_3steps/lightning_cat",
+    "fsmg_8bit_2steps/lightning_cat",
 ]
 
 

@@ -171,6 +171,13 @@ STAGES = {
         None,
         10,
     ),
+    "fsmg_8bit_2steps/lightning_cat": (
+        "FSMG as above, 2 surrogate steps (the second beside AdamW's states)",
+        VAE,
+        UNET + TEXT,
+        None,
+        10,
+    ),
     "metacloak_disk_8bit/lightning_cat": (
         "MetaCloak, pool of 2 snapshots stashed on disk, 1 cycle each (2 PGD + 3 surrogate steps), 1+1 rows, "
         "8-bit AdamW",
