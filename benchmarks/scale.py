@@ -311,11 +311,12 @@ def evaluation_weights() -> Path:
 EVALUATION_CONFIGS = {"antidreambooth": BASE, "cat": V, "liu": BASE}
 
 
-def evaluate_config(protocol: str, images: int = 4) -> dict:
+def evaluate_config(protocol: str, images: int = 4, folder: Path | None = None) -> dict:
     """``configs/eval/metrics.<protocol>.sd21.yaml`` through ``lightning-cat test`` at 512 px on
     ``images`` clean, protected and generated photographs, with the random-weight files above, the
     face metrics on dlib (its real weights ship in a package; insightface's do not install offline)
-    and the latent distortion on the shape model's VAE."""
+    and the latent distortion on the shape model's VAE. The image sets, config and logs go to
+    ``folder`` (default: a new temporary folder)."""
     import tempfile
 
     import numpy as np
@@ -332,7 +333,7 @@ def evaluate_config(protocol: str, images: int = 4) -> dict:
         "fid_weights": weights / "inception.pth",
         "lpips_backbone_weights": weights / "alexnet.pth",
     }
-    folder = Path(tempfile.mkdtemp(prefix="scale-bench-eval-"))
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="scale-bench-eval-"))
     names = sorted(make_images.PHOTOS)[:images]
     make_images.write_photos(folder / "clean", names=names, size=512)
     make_images.write_photos(folder / "generated", names=names, size=512)

@@ -261,7 +261,7 @@ EVALUATION_VALUES = {
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # about 8 minutes at one thread
-def test_the_sd21_evaluation_configs_run_at_512_px(shape_cache):
+def test_the_sd21_evaluation_configs_run_at_512_px(shape_cache, tmp_path):
     """configs/eval/metrics.*.sd21.yaml end to end through ``lightning-cat test`` at 512 px, with random
     weights in the metrics' real architectures (benchmarks/scale.py's evaluation_weights) and dlib's
     real face models."""
@@ -270,7 +270,7 @@ def test_the_sd21_evaluation_configs_run_at_512_px(shape_cache):
 
     assert set(scale.EVALUATION_CONFIGS) == set(EVALUATION_VALUES)
     for protocol, expected in EVALUATION_VALUES.items():
-        metrics = scale.evaluate_config(protocol, images=2)["metrics"]
+        metrics = scale.evaluate_config(protocol, images=2, folder=tmp_path / protocol)["metrics"]
         assert expected | {"psnr", "test/base/latent_mse_relative", "test/base/recon_psnr"} <= set(metrics), protocol
         assert all(math.isfinite(value) for value in metrics.values()), (protocol, metrics)
         assert 29.5 < metrics["psnr"] < 31.5  # +-8/255 noise on every pixel: 30.1 dB before clipping

@@ -48,9 +48,9 @@ _SUMS = (
 )
 
 
-#: Which passes each value needs (besides encoding the protected images, which every value but the
-#: clean reconstruction's needs): "clean" = encode the clean images, "reference" = encode them with the
-#: reference VAE, "decode" = decode the protected latents, "clean_decode" = decode the clean latents.
+#: The VAE passes each value needs beyond encoding the protected images (always done): "clean" = encode
+#: the clean images, "reference" = encode them with the reference VAE, "decode" = decode the protected
+#: latents, "clean_decode" = decode the clean latents.
 _PASSES: dict[str, frozenset[str]] = {
     "latent_mse": frozenset({"clean"}),
     "latent_mse_relative": frozenset({"clean"}),
@@ -73,8 +73,10 @@ def check_latent_distortion_keys(keys, owner: str = "LatentDistortion") -> list[
     if isinstance(keys, str):
         keys = [keys]
     unknown = sorted(set(keys) - set(_PASSES))
-    if unknown or not keys:
-        raise ValueError(f"{owner}: unknown keys {unknown or keys}; choose from {list(_PASSES)}")
+    if unknown:
+        raise ValueError(f"{owner}: unknown keys {unknown}; choose from {list(_PASSES)}")
+    if not keys:
+        raise ValueError(f"{owner}: keys is empty; choose from {list(_PASSES)}, or None for all")
     return list(keys)
 
 
@@ -99,7 +101,7 @@ class LatentDistortion(Metric):
         ValueError: for an unknown key (naming the allowed ones).
     """
 
-    #: The keys of :meth:`compute`'s result.
+    #: Every value :meth:`compute` can return (it returns those of ``keys``).
     KEYS: tuple[str, ...] = tuple(_PASSES)
 
     is_differentiable = False
