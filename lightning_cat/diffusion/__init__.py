@@ -1,7 +1,11 @@
 """Generic Stable Diffusion plumbing in plain torch/diffusers: loading a checkpoint by path, hub id
 or short name, the offline tiny models, latents, prompts, noise and the denoising objective."""
 
-from lightning_cat.diffusion.checkpointing import gradient_checkpointing
+from lightning_cat.diffusion.checkpointing import (
+    enable_gradient_checkpointing,
+    gradient_checkpointing,
+    layerwise_checkpoint,
+)
 from lightning_cat.diffusion.denoising import diffusion_loss, sample_noise_and_timesteps, snr_weights, training_target
 from lightning_cat.diffusion.hub import HUB_MODELS, REMOVED_HUB_IDS
 from lightning_cat.diffusion.latents import (
@@ -52,12 +56,14 @@ __all__ = [
     "check_model_name",
     "decode_latents",
     "diffusion_loss",
+    "enable_gradient_checkpointing",
     "encode_latents",
     "encode_prompts",
     "ensure_tiny_model",
     "ensure_tiny_upscaler",
     "gradient_checkpointing",
     "latent_distribution",
+    "layerwise_checkpoint",
     "latent_shape",
     "load_components",
     "load_inference_scheduler",

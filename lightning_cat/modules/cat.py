@@ -37,6 +37,7 @@ from lightning_cat.cat import (
     per_image_noise,
     save_cat_adapter,
 )
+from lightning_cat.diffusion.checkpointing import enable_gradient_checkpointing
 from lightning_cat.diffusion.latents import latent_shape
 from lightning_cat.modules.base import DiffusionModule
 from lightning_cat.modules.image_logging import evaluation_mode, image_loggers, log_image_grid
@@ -78,7 +79,8 @@ class CATAdapterModule(DiffusionModule):
         optimizer: ``adamw`` (torch, the reference) or ``adamw_8bit`` (bitsandbytes: the
             ``adam8bit`` extra; its optimizer states take a quarter of the memory).
         gradient_checkpointing: recompute the VAE encoder's and decoder's activations in the
-            backward pass (diffusers' ``enable_gradient_checkpointing``): less memory, same gradients.
+            backward pass, layer by layer (:func:`~lightning_cat.diffusion.layerwise_checkpoint`):
+            less memory, same gradients.
         log_images_every_n_steps: every this many optimizer steps (and after the first), log the
             step's first ``num_log_images`` inputs above their reconstructions (posterior mean,
             eval mode) to the loggers that take images (``None``: never).
@@ -146,7 +148,7 @@ class CATAdapterModule(DiffusionModule):
         )
         self.vae = add_cat_adapter(self.vae, config)
         if h.gradient_checkpointing:
-            self.vae.get_base_model().enable_gradient_checkpointing()
+            enable_gradient_checkpointing(self.vae.get_base_model())
         lpips = None
         if h.loss != "mse":
             lpips = load_lpips(h.lpips_net, h.lpips_backbone_weights, random_backbone=h.lpips_random_backbone)
