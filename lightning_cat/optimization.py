@@ -6,12 +6,15 @@ plain-torch loops (CAT's, the protections' surrogates, CAAT).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from lightning_cat.options import choices
+
+if TYPE_CHECKING:
+    from lightning_cat.protections.stash import OptimizerStateStash
 
 __all__ = ["LR_SCHEDULES", "LRSchedule", "Optimizer", "adamw", "apply_gradients"]
 
@@ -64,8 +67,20 @@ def apply_gradients(
     optimizer: torch.optim.Optimizer,
     parameters: Iterable[torch.nn.Parameter] | None = None,
     max_grad_norm: float | None = None,
+    step_in_turn: Sequence[Iterable[torch.nn.Parameter]] | None = None,
+    state_stash: OptimizerStateStash | None = None,
 ) -> None:
     """One manual optimisation step: backward, optional clipping of ``parameters``, step, zero grad.
+
+    ``step_in_turn``: sets of parameters (e.g. a UNet's, then a text encoder's) the optimizer
+    updates one after the other, each set's gradients freed before the next set's update; put the
+    set with the largest tensors last. The same update as one step (every parameter's update only
+    reads its own gradient and state, and clipping is done first, over all of them), with a lower
+    peak where the optimizer makes per-tensor temporaries (torch's per-tensor AdamW,
+    bitsandbytes' 8-bit AdamW on a CPU: about four fp32 copies of the tensor it updates).
+    ``state_stash``: an :class:`~lightning_cat.protections.stash.OptimizerStateStash` that holds the
+    optimizer's states between steps: each set's states come back just before its update and leave
+    right after it (so the forward and backward passes run without them).
 
     Raises:
         FloatingPointError: if the loss is not finite (nothing is updated).
@@ -77,5 +92,32 @@ def apply_gradients(
         if parameters is None:
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(list(parameters), max_grad_norm)
-    optimizer.step()
+    if step_in_turn is None and state_stash is None:
+        optimizer.step()
+    else:
+        groups = step_in_turn or [[p for group in optimizer.param_groups for p in group["params"]]]
+        _step_in_turn(optimizer, [list(group) for group in groups], state_stash)
     optimizer.zero_grad(set_to_none=True)
+
+
+def _step_in_turn(
+    optimizer: torch.optim.Optimizer, groups: list[list[torch.nn.Parameter]], state_stash: OptimizerStateStash | None
+) -> None:
+    """``optimizer.step()`` once per group of parameters: the others' gradients are held aside
+    (optimizers skip parameters without a gradient) and each group's are freed after its update."""
+    held = [[parameter.grad for parameter in group] for group in groups]
+    for group in groups:
+        for parameter in group:
+            parameter.grad = None
+    for group in groups:
+        gradients = held.pop(0)
+        for parameter, gradient in zip(group, gradients, strict=True):
+            parameter.grad = gradient
+        del gradients
+        if state_stash is not None:
+            state_stash.take(optimizer, group)
+        optimizer.step()
+        for parameter in group:
+            parameter.grad = None
+        if state_stash is not None:
+            state_stash.put(optimizer, group)

@@ -199,6 +199,29 @@ def test_aspl_stash_changes_memory_not_results(tiny, clean, stash, tmp_path, mon
     assert list(tmp_path.iterdir()) == []  # the disk stash's folder is gone
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_8bit"])
+def test_optimizer_state_stash_changes_memory_not_results(tiny, clean, optimizer, tmp_path, monkeypatch):
+    if optimizer == "adamw_8bit":
+        pytest.importorskip("bitsandbytes")
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    options = dict(FAST["aspl"], iterations=2, surrogate_steps=2, surrogate_optimizer=optimizer)
+    results = {
+        location: build_protection("aspl", tiny, show_progress=False, optimizer_state_stash=location, **options).protect(
+            clean, KEYS, seed=5, class_images=clean.flip(-1)
+        )
+        for location in ("device", "cpu", "disk")
+    }
+    assert torch.equal(results["cpu"], results["device"]) and torch.equal(results["disk"], results["device"])
+    assert not torch.equal(results["device"], clean)
+    assert list(tmp_path.iterdir()) == []  # the disk stash's files are gone
+    with pytest.raises(ValueError, match=r"optimizer_state_stash must be one of \['device', 'cpu', 'disk'\]"):
+        build_protection("fsmg", tiny, optimizer_state_stash="gpu")
+    with pytest.raises(ValueError, match="optimizer_state_stash"):  # CAAT's optimizer runs its own loop
+        build_protection("caat", tiny, optimizer_state_stash="disk")
+
+
 @pytest.mark.parametrize("stash", ["disk", "device"])
 def test_metacloak_pool_stash_changes_memory_not_results(tiny, clean, stash, tmp_path, monkeypatch):
     import tempfile

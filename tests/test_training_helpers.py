@@ -11,6 +11,7 @@ from lightning_cat.diffusion import (
     diffusion_loss,
     encode_latents,
     encode_prompts,
+    layerwise_checkpoint,
     latent_distribution,
     load_components,
     sample_noise_and_timesteps,
@@ -18,6 +19,7 @@ from lightning_cat.diffusion import (
     weight_dtype,
 )
 from lightning_cat.optimization import adamw, apply_gradients
+from lightning_cat.protections.stash import OptimizerStateStash
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,111 @@ def test_apply_gradients_steps_and_refuses_nan():
     with pytest.raises(FloatingPointError, match="loss is nan"):
         apply_gradients(layer(torch.full((1, 3), float("nan"))).sum(), optimizer)
     assert torch.equal(layer.weight, after)
+
+
+def test_layerwise_checkpoint_recomputes_vae_blocks_layer_by_layer_with_the_same_gradients(tiny):
+    vae = tiny.vae
+    down, up = vae.encoder.down_blocks[0], vae.decoder.up_blocks[-1]
+    watched = {"down": down, "down_conv": down.resnets[0].conv1, "up": up, "up_conv": up.resnets[0].conv1}
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    results, calls = {}, {}
+    for mode in ("off", "blocks", "layers"):
+        counts = dict.fromkeys(watched, 0)
+        hooks = [
+            module.register_forward_pre_hook(lambda *_, name=name, counts=counts: counts.update({name: counts[name] + 1}))
+            for name, module in watched.items()
+        ]
+        x = images.clone().requires_grad_(True)
+        try:
+            if mode != "off":
+                vae.enable_gradient_checkpointing(layerwise_checkpoint if mode == "layers" else None)
+            reconstruction = vae.decode(vae.encode(x).latent_dist.mean).sample
+            weight = vae.decoder.conv_out.weight
+            weight.requires_grad_(True)
+            loss = reconstruction.square().mean()
+            results[mode] = torch.autograd.grad(loss, [x, vae.encoder.conv_in.weight])
+        finally:
+            vae.disable_gradient_checkpointing()
+            weight.requires_grad_(False)
+            for hook in hooks:
+                hook.remove()
+        calls[mode] = counts
+    for mode in ("blocks", "layers"):
+        for ours, reference in zip(results[mode], results["off"], strict=True):
+            torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-8)
+    assert calls["off"] == dict.fromkeys(watched, 1)
+    assert calls["blocks"] == dict.fromkeys(watched, 2)  # diffusers' way: whole blocks run again
+    assert calls["layers"] == {"down": 1, "down_conv": 2, "up": 1, "up_conv": 2}  # only their layers do
+    layers = [*down.resnets, *down.downsamplers, *up.resnets]
+    assert not any("forward" in layer.__dict__ for layer in layers)  # the layers' own forward is back
+
+
+def _two_sets(seed: int = 0):
+    """Weights of two small "models" (the 8-bit optimizer quantizes tensors of 4096 elements and more)."""
+    torch.manual_seed(seed)
+    return [[torch.randn(96, 80), torch.randn(80)], [torch.randn(64, 96), torch.randn(96)]], torch.randn(4, 64)
+
+
+def _train_two_sets(optimizer_name, steps=3, on_optimizer=None, **apply_options):
+    weights, inputs = _two_sets()
+    groups = [[torch.nn.Parameter(w.clone()) for w in group] for group in weights]
+    flat = [p for group in groups for p in group]
+    optimizer = adamw([{"params": flat}], optimizer_name, lr=1e-2, weight_decay=1e-2)
+    if on_optimizer is not None:
+        on_optimizer(optimizer, groups)
+    for _ in range(steps):
+        (a, b), (c, d) = groups
+        loss = ((inputs @ c + d) @ a + b).square().mean()
+        step_in_turn = groups if apply_options.pop("in_turn", False) else None
+        apply_gradients(loss, optimizer, flat, max_grad_norm=0.5, step_in_turn=step_in_turn, **apply_options)
+        assert all(p.grad is None for p in flat)
+        apply_options["in_turn"] = step_in_turn is not None
+    return [p.detach() for p in flat], optimizer, [w for group in weights for w in group]
+
+
+@pytest.mark.parametrize("optimizer_name", ["adamw", "adamw_8bit"])
+def test_step_in_turn_updates_like_one_step_and_frees_each_set_before_the_next(optimizer_name):
+    if optimizer_name == "adamw_8bit":
+        pytest.importorskip("bitsandbytes")
+    live_grads = []
+
+    def watch(optimizer, groups):
+        optimizer.register_step_pre_hook(
+            lambda *_: live_grads.append([sum(p.grad is not None for p in group) for group in groups])
+        )
+
+    together, _, initial = _train_two_sets(optimizer_name)
+    in_turn, _, _ = _train_two_sets(optimizer_name, on_optimizer=watch, in_turn=True)
+    for a, b, w in zip(together, in_turn, initial, strict=True):
+        assert torch.equal(a, b) and not torch.equal(a, w)
+    # each step: the first set's update sees only its gradients, the second's after the first's were freed
+    assert live_grads == [[2, 0], [0, 2]] * 3
+
+
+@pytest.mark.parametrize("location", ["cpu", "disk"])
+@pytest.mark.parametrize("optimizer_name", ["adamw", "adamw_8bit"])
+def test_optimizer_state_stash_holds_the_states_between_steps_bit_for_bit(optimizer_name, location, tmp_path):
+    if optimizer_name == "adamw_8bit":
+        pytest.importorskip("bitsandbytes")
+    expected, _, _ = _train_two_sets(optimizer_name)
+    stash = OptimizerStateStash(location, directory=tmp_path)
+    for in_turn in (False, True):
+        weights, optimizer, _ = _train_two_sets(optimizer_name, state_stash=stash, in_turn=in_turn)
+        assert all(torch.equal(a, b) for a, b in zip(weights, expected, strict=True))
+        held = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0]
+        if location == "disk":  # between steps the optimizer holds no state tensor: they are in the files
+            assert held == [] and len(list(next(tmp_path.iterdir()).iterdir())) == (2 if in_turn else 1)
+            flat = optimizer.param_groups[0]["params"]
+            for parameters in [flat[:2], flat[2:]] if in_turn else [flat]:  # the sets it was put in
+                stash.take(optimizer, parameters)
+            assert len(optimizer.state) == 4 and all(len(state) > 1 for state in optimizer.state.values())
+        else:
+            assert held
+        stash.close()
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"must be one of \['device', 'cpu', 'disk'\], got 'gpu'"):
+        OptimizerStateStash("gpu")
 
 
 @pytest.mark.parametrize(

@@ -109,6 +109,9 @@ class ProtectionModule(DiffusionModule):
             (the reference scripts: the published numbers).
         surrogate_optimizer: ``adamw`` (torch, the reference) or ``adamw_8bit`` (bitsandbytes; a
             quarter of the optimizer-state memory, not the reference's arithmetic).
+        optimizer_state_stash: where the surrogate's optimizer states wait between its steps
+            (FSMG, ASPL, MetaCloak): ``device`` (default: in place), ``cpu`` (host memory: a GPU
+            holds them only inside the optimizer step) or ``disk`` (temporary files).
         surrogate_input_range: MetaCloak's surrogate training sees instance images in ``unit`` range
             ([-1, 1], default) or in ``0-255`` (the reference script: its published numbers).
         iterations: ASPL's outer iterations.
@@ -170,6 +173,7 @@ class ProtectionModule(DiffusionModule):
         train_text_encoder: bool | None = None,
         surrogate_dtype: SurrogateDtype | None = None,
         surrogate_optimizer: Optimizer | None = None,
+        optimizer_state_stash: StashLocation | None = None,
         surrogate_input_range: SurrogateInputRange | None = None,
         iterations: int | None = None,
         theta_stash: StashLocation | None = None,

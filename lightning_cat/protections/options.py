@@ -144,6 +144,7 @@ OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "surrogate_optimizer": _choice(choices(Optimizer)),
     "surrogate_input_range": _choice(choices(SurrogateInputRange)),
     "iterations": _integer(1),
+    "optimizer_state_stash": _choice(STASH_LOCATIONS),
     "theta_stash": _choice(STASH_LOCATIONS),
     "pool_stash": _choice(STASH_LOCATIONS),
     # MetaCloak

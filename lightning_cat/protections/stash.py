@@ -12,20 +12,26 @@ A :class:`WeightStash` holds one copy of the trained modules' state
 and :meth:`WeightStash.restore` copies it back into the modules' existing storage, tensor by
 tensor, so no second set of weights is allocated there. Copies are exact: a round trip through any
 location gives bit-identical weights.
+
+An :class:`OptimizerStateStash` does the same for a surrogate's optimizer states between its
+steps (``optimizer_state_stash``): they are only needed inside ``optimizer.step()``, so the
+forward and backward passes run without them.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from lightning_cat.options import choices
 
-__all__ = ["STASH_LOCATIONS", "StashLocation", "WeightStash"]
+__all__ = ["STASH_LOCATIONS", "OptimizerStateStash", "StashLocation", "WeightStash"]
 
 StashLocation = Literal["device", "cpu", "disk"]
 STASH_LOCATIONS = choices(StashLocation)
@@ -101,3 +107,98 @@ class WeightStash:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _is_state_tensor(value) -> bool:
+    """Whether an optimizer state entry moves: tensors, not scalars (step counts stay where the
+    optimizer keeps them, e.g. torch's fused AdamW on the parameters' device)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+class OptimizerStateStash:
+    """Moves an optimizer's per-parameter state tensors out between its steps and back before them.
+
+    ``put(optimizer, parameters)`` after the step that updated ``parameters`` (their state tensors
+    leave the device; scalar step counts stay), ``take(optimizer, parameters)`` before the next one
+    (they come back, bit for bit, on the parameters' device). ``device`` keeps them in place (no copies); ``cpu`` holds them in host
+    memory (on a CPU-only machine the same as ``device``); ``disk`` writes each set to a temporary
+    file, tensor by tensor, so no second copy of a set is ever in memory.
+
+    Args:
+        location: ``device``, ``cpu`` or ``disk``.
+        directory: parent folder of the ``disk`` stash's temporary folder (default: the system's).
+    """
+
+    def __init__(self, location: StashLocation = "device", directory: str | Path | None = None) -> None:
+        if location not in STASH_LOCATIONS:
+            raise ValueError(f"stash location must be one of {list(STASH_LOCATIONS)}, got {location!r}")
+        self.location = location
+        self._directory = directory
+        self._folder: Path | None = None
+        # set index -> [(parameter, key, dtype, shape)] of the tensors written to that set's file
+        self._on_disk: dict[int, list[tuple[torch.nn.Parameter, str, torch.dtype, torch.Size]]] = {}
+        self._sets: list[list[torch.nn.Parameter]] = []
+
+    def _set_index(self, parameters: list[torch.nn.Parameter]) -> int:
+        for index, known in enumerate(self._sets):
+            if len(known) == len(parameters) and all(a is b for a, b in zip(known, parameters, strict=True)):
+                return index
+        self._sets.append(parameters)
+        return len(self._sets) - 1
+
+    def put(self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Move the state tensors of ``parameters`` out of ``optimizer.state``."""
+        if self.location == "device":
+            return
+        parameters = list(parameters)
+        if self.location == "cpu":
+            for parameter in parameters:
+                state = optimizer.state.get(parameter, {})
+                for key, value in state.items():
+                    if _is_state_tensor(value):
+                        state[key] = value.to("cpu")
+            return
+        index = self._set_index(parameters)
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="lightning-cat-optimizer-", dir=self._directory))
+        written = []
+        with open(self._folder / f"{index}.bin", "wb") as file:
+            for parameter in parameters:
+                state = optimizer.state.get(parameter, {})
+                for key in [k for k, v in state.items() if _is_state_tensor(v)]:
+                    value = state.pop(key)
+                    value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tofile(file)
+                    written.append((parameter, key, value.dtype, value.shape))
+                    del value
+        self._on_disk[index] = written
+
+    @torch.no_grad()
+    def take(self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Bring the state tensors of ``parameters`` back (nothing to do before their first step)."""
+        if self.location == "device":
+            return
+        parameters = list(parameters)
+        if self.location == "cpu":
+            for parameter in parameters:
+                state = optimizer.state.get(parameter, {})
+                for key, value in state.items():
+                    if _is_state_tensor(value):
+                        state[key] = value.to(parameter.device)
+            return
+        index = self._set_index(parameters)
+        written = self._on_disk.pop(index, [])
+        if not written:
+            return
+        with open(self._folder / f"{index}.bin", "rb") as file:
+            for parameter, key, dtype, shape in written:
+                size = shape.numel() * torch.empty((), dtype=dtype).element_size()
+                data = torch.from_numpy(np.fromfile(file, dtype=np.uint8, count=size))
+                optimizer.state[parameter][key] = data.view(dtype).reshape(shape).to(parameter.device)
+
+    def close(self) -> None:
+        """Forget what is stashed (removes the ``disk`` stash's folder)."""
+        self._on_disk.clear()
+        self._sets.clear()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None

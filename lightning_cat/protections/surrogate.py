@@ -25,6 +25,7 @@ from lightning_cat.customization import dreambooth_loss
 from lightning_cat.diffusion import LatentDistribution, latent_distribution, scale_latents, tokenize_prompts
 from lightning_cat.optimization import Optimizer, adamw, apply_gradients
 from lightning_cat.protections.base import DiffusionObjective, Objective, Protection, SurrogateData
+from lightning_cat.protections.stash import STASH_LOCATIONS, OptimizerStateStash, StashLocation
 from lightning_cat.seeding import image_seed
 
 __all__ = ["SURROGATE_DEFAULTS", "Surrogate", "SurrogateProtection", "cross_attention_kv_parameters"]
@@ -40,6 +41,7 @@ SURROGATE_DEFAULTS: dict[str, Any] = {
     "train_text_encoder": True,
     "surrogate_dtype": "float32",
     "surrogate_optimizer": "adamw",
+    "optimizer_state_stash": "device",
 }
 
 
@@ -71,6 +73,9 @@ class Surrogate:
             whose AdamW steps at lr 5e-7 leave most bf16 weights unchanged).
         optimizer: ``adamw`` (torch, the reference) or ``adamw_8bit`` (bitsandbytes: a quarter of
             the optimizer-state memory).
+        state_stash: where the optimizer's states wait between steps
+            (:class:`~lightning_cat.protections.stash.OptimizerStateStash`): ``device`` (in place),
+            ``cpu`` or ``disk``.
     """
 
     def __init__(
@@ -89,7 +94,11 @@ class Surrogate:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         optimizer: Optimizer = "adamw",
+        state_stash: StashLocation = "device",
     ) -> None:
+        if state_stash not in STASH_LOCATIONS:
+            raise ValueError(f"state_stash must be one of {list(STASH_LOCATIONS)}, got {state_stash!r}")
+        self.state_stash = state_stash
         self.vae = components.vae
         self.optimizer_name = optimizer
         self.noise_scheduler = components.noise_scheduler
@@ -129,9 +138,15 @@ class Surrogate:
                 {"text_encoder": self.text_encoder} if self.trains_text_encoder else {}
             )
             self._parameters = [p for m in self.modules.values() for p in m.parameters()]
+            # The UNet's update first, the text encoder's (its token embedding is the largest tensor) once
+            # the UNet's gradients are freed (apply_gradients' step_in_turn).
+            self._step_in_turn = (
+                [list(m.parameters()) for m in self.modules.values()] if self.trains_text_encoder else None
+            )
         else:
             self.modules = {"unet": self.unet}
             self._parameters = [p for _, p in cross_attention_kv_parameters(self.unet)]
+            self._step_in_turn = None
         for parameter in self._parameters:
             parameter.requires_grad_(True)
 
@@ -248,30 +263,47 @@ class Surrogate:
         """``steps`` DreamBooth steps on ``instances`` (+ ``class_set`` prior rows when given).
 
         A fresh optimizer is made per call unless one is passed (the reference creates one per
-        training phase).
+        training phase). With a ``state_stash`` other than ``device`` the optimizer's states wait
+        there between steps.
         """
         if steps <= 0:
             return
-        optimizer = optimizer if optimizer is not None else self.optimizer()
-        for step in range(steps):
-            _, batch = self.instance_batch(instances)
-            num_instance = len(batch.mean)
-            if class_set is not None:
-                batch = LatentDistribution.cat([batch, self.class_batch(class_set, num_instance)])
-            latents = scale_latents(self.vae, batch.sample(self.generator).to(self.device))
-            condition = self.condition(num_instance, len(batch.mean) - num_instance)
-            result = dreambooth_loss(
-                self.unet,
-                self.noise_scheduler,
-                latents,
-                condition,
-                num_instance=num_instance if class_set is not None else None,
-                prior_loss_weight=self.prior_loss_weight,
-                generator=self.generator,
-            )
-            apply_gradients(result.loss, optimizer, self._parameters, self.max_grad_norm)
-            if on_step is not None:
-                on_step(step, float(result.loss.detach()))
+        callers = optimizer is not None
+        optimizer = optimizer if callers else self.optimizer()
+        with contextlib.closing(OptimizerStateStash(self.state_stash)) as state_stash:
+            for step in range(steps):
+                loss = self._train_step(instances, class_set, optimizer, state_stash)
+                if on_step is not None:
+                    on_step(step, float(loss))
+            if callers:  # the caller's optimizer gets its states back (a fresh one is dropped with them)
+                for parameters in self._step_in_turn or [self._parameters]:
+                    state_stash.take(optimizer, parameters)
+
+    def _train_step(
+        self,
+        instances: LatentDistribution,
+        class_set: LatentDistribution | None,
+        optimizer: torch.optim.Optimizer,
+        state_stash: OptimizerStateStash,
+    ) -> torch.Tensor:
+        """One DreamBooth step on the next rows; returns the (detached) loss."""
+        _, batch = self.instance_batch(instances)
+        num_instance = len(batch.mean)
+        if class_set is not None:
+            batch = LatentDistribution.cat([batch, self.class_batch(class_set, num_instance)])
+        latents = scale_latents(self.vae, batch.sample(self.generator).to(self.device))
+        condition = self.condition(num_instance, len(batch.mean) - num_instance)
+        result = dreambooth_loss(
+            self.unet,
+            self.noise_scheduler,
+            latents,
+            condition,
+            num_instance=num_instance if class_set is not None else None,
+            prior_loss_weight=self.prior_loss_weight,
+            generator=self.generator,
+        )
+        apply_gradients(result.loss, optimizer, self._parameters, self.max_grad_norm, self._step_in_turn, state_stash)
+        return result.loss.detach()
 
 
 class SurrogateProtection(Protection):
@@ -326,6 +358,7 @@ class SurrogateProtection(Protection):
             generator=torch.Generator().manual_seed(image_seed(seed, purpose, purpose="surrogate")),
             dtype=getattr(torch, options.get("surrogate_dtype", "float32")),
             optimizer=options.get("surrogate_optimizer", "adamw"),
+            state_stash=options.get("optimizer_state_stash", "device"),
         )
 
     def make_objective(self, surrogate: Surrogate) -> DiffusionObjective:
