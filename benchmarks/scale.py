@@ -118,7 +118,9 @@ def protect(
     from lightning_cat.diffusion import load_components
     from lightning_cat.protections import build_protection, to_model_units
 
-    components = load_components(half_width_model() if model == HALF else model)
+    path = half_width_model() if model == HALF else model
+    imported = _rss_mb()  # the interpreter and its libraries: what a GPU's tensor memory does not hold
+    components = load_components(path)
     for part in ("unet", "vae", "text_encoder"):
         getattr(components, part).requires_grad_(False).eval()
     images, keys = _photos(1, resolution)
@@ -141,7 +143,7 @@ def protect(
         extra = {"class_images": images} if protection.coupled and prior else {}
         run = lambda: protection.protect(images, keys, seed=0, **extra)  # noqa: E731
     seconds = _timed(run)
-    return {"seconds_per_step": seconds, "rss_after_load_mb": loaded, "batch": 1}
+    return {"seconds_per_step": seconds, "rss_before_load_mb": imported, "rss_after_load_mb": loaded, "batch": 1}
 
 
 def protect_module(method: str, model: str, resolution: int, precision: str, **options) -> dict:
@@ -253,6 +255,31 @@ def purify(name: str, model: str, resolution: int) -> dict:
     seconds = _timed(lambda: purify_images(purifier, images, keys))
     steps = {"latent_diffpure": 2, "impress": 1, "latent_gridpure": 1, "noisy_upscale": 2}.get(name, 1)
     return {"seconds_per_step": seconds / steps, "seconds": seconds, "rss_after_load_mb": loaded, "batch": 1}
+
+
+def vae_encoder_backward(checkpointing: str, resolution: int = 512) -> dict:
+    """The VAE encoder's forward and backward to the pixels (a PGD step's VAE part) at ``resolution``:
+    ``blocks`` (diffusers' checkpoint of each encoder block) or ``layers`` (``layerwise_checkpoint``)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from lightning_cat.diffusion import layerwise_checkpoint
+    from lightning_cat.diffusion.shape import ensure_shape_model
+
+    path = ensure_shape_model(BASE)
+    imported = _rss_mb()
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").requires_grad_(False)
+    vae.enable_gradient_checkpointing(layerwise_checkpoint if checkpointing == "layers" else None)
+    torch.manual_seed(0)
+    images = (torch.rand(1, 3, resolution, resolution) * 2 - 1).requires_grad_(True)
+    loaded = _rss_mb()
+
+    def run():
+        latents = vae.encode(images).latent_dist.mean
+        torch.autograd.grad(latents.square().mean(), images)
+
+    seconds = _timed(run)
+    return {"seconds_per_step": seconds, "rss_before_load_mb": imported, "rss_after_load_mb": loaded, "batch": 1}
 
 
 def evaluate(model: str, resolution: int) -> dict:
@@ -529,7 +556,35 @@ LOCAL = {
         surrogate_optimizer="adamw_8bit",
         surrogate_steps=2,
     ),
+    # The optimizer's states on disk between steps as well (sixth sitting).
+    "aspl_half_lean_3steps/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, **_LEAN_ASPL, optimizer_state_stash="disk", surrogate_steps=3
+    ),
+    "aspl_lean_2steps/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", BASE, 512, **_LEAN_ASPL, optimizer_state_stash="disk", surrogate_steps=2
+    ),
+    # In processes whose allocator returns freed memory at once (RETURNS_FREED_MEMORY).
+    "aspl_half_3steps_returned/baseline": lambda: protect(
+        "aspl", "baseline", HALF, 512, prior=False, surrogate_steps=3
+    ),
+    "aspl_half_8bit_gc_3steps_returned/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, **_LEAN_ASPL, surrogate_steps=3
+    ),
+    "aspl_half_lean_3steps_returned/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, **_LEAN_ASPL, optimizer_state_stash="disk", surrogate_steps=3
+    ),
+    "vae_encoder_backward/blocks": lambda: vae_encoder_backward("blocks"),
+    "vae_encoder_backward/layers": lambda: vae_encoder_backward("layers"),
+    "vae_encoder_backward_returned/blocks": lambda: vae_encoder_backward("blocks"),
+    "vae_encoder_backward_returned/layers": lambda: vae_encoder_backward("layers"),
 }
+
+#: Run with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB: every tensor buffer is then its own
+#: mapping, returned to the system when the tensor is freed, so the peak RSS follows the tensors alive
+#: at once (what a GPU's ``max_memory_allocated`` counts). With glibc's default, a freed buffer under
+#: its (growing, up to 32 MiB) threshold stays in the heap, and a process that frees gradients and
+#: optimizer states each phase keeps up to 1.7 GiB it no longer uses (ASPL at half width, sixth sitting).
+RETURNS_FREED_MEMORY = {name for name in LOCAL if "_returned/" in name}
 
 # ----------------------------------------------------------------------------- stages run by the other scripts
 
@@ -630,6 +685,15 @@ ORDER = [
     "aspl_half_3steps/lightning_cat",
     "aspl_half_8bit_gc_3steps/lightning_cat",
     "fsmg_8bit_2steps/lightning_cat",
+    "aspl_half_lean_3steps/lightning_cat",
+    "aspl_lean_2steps/lightning_cat",
+    "aspl_half_3steps_returned/baseline",
+    "aspl_half_8bit_gc_3steps_returned/lightning_cat",
+    "aspl_half_lean_3steps_returned/lightning_cat",
+    "vae_encoder_backward/blocks",
+    "vae_encoder_backward/layers",
+    "vae_encoder_backward_returned/blocks",
+    "vae_encoder_backward_returned/layers",
 ]
 
 
@@ -646,8 +710,11 @@ def _child_rss_mb(pid: int) -> float:
 def run_one(name: str, limit_gib: float, timeout: float) -> dict:
     """``name`` in its own process, stopped when its RSS passes ``limit_gib``."""
     command = EXTERNAL.get(name) or [sys.executable, __file__, "--one", name]
+    allocator = {"MALLOC_MMAP_THRESHOLD_": "65536"} if name in RETURNS_FREED_MEMORY else {}
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | allocator
+    )
     peak, stopped = 0.0, None
     while child.poll() is None:
         peak = max(peak, _child_rss_mb(child.pid))
@@ -659,7 +726,7 @@ def run_one(name: str, limit_gib: float, timeout: float) -> dict:
             stopped = f"ran past {timeout:.0f} s"
         time.sleep(0.2)
     stdout, stderr = child.communicate()
-    row = {"measurement": name, "wall_s": time.perf_counter() - start, "watched_peak_rss_mb": peak}
+    row = {"measurement": name, "wall_s": time.perf_counter() - start, "watched_peak_rss_mb": peak} | allocator
     if stopped:
         return row | {"fits": False, "stopped": stopped}
     lines = [line.removeprefix("RESULT ") for line in stdout.splitlines() if line.strip().startswith(("{", "RESULT {"))]

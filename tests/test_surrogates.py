@@ -9,7 +9,7 @@ import torch
 from lightning_cat.diffusion import load_components
 from lightning_cat.images import ImageTransform, load_image
 from lightning_cat.protections import protect
-from lightning_cat.protections.surrogate import Surrogate
+from lightning_cat.protections.surrogate import Surrogate, step_sets
 
 FSMG = dict(alpha_255=2, steps=2, surrogate_pretrain_steps=2, surrogate_lr=1e-4)
 
@@ -96,3 +96,18 @@ def test_metacloak_trains_on_the_protected_set_in_the_chosen_range(
     instance = [x for x in seen if x is not None]
     assert instance and all(low <= x.min() and x.max() <= high for x in instance)
     assert max(x.max().item() for x in instance) > (100 if input_range == "0-255" else 0.5)
+
+
+def test_step_sets_split_the_trained_parameters_once_each_with_the_largest_tensor_last(tiny):
+    surrogate = Surrogate(
+        tiny, copy=True, train_text_encoder=True, prompt="a photo of sks person", class_prompt="a photo of person", lr=1e-5
+    )
+    parameters = surrogate.parameters()
+    sets = step_sets(parameters, count=8)
+    members = [p for members in sets for p in members]
+    assert len(members) == len(parameters) and {id(p) for p in members} == {id(p) for p in parameters}
+    assert 6 <= len(sets) <= 10  # about the count asked for, of similar sizes
+    largest = max(parameters, key=lambda p: p.numel())
+    assert any(p is largest for p in sets[-1])
+    assert surrogate._step_in_turn == sets  # what the surrogate's training steps use
+    assert step_sets(parameters[:1], count=8) == [parameters[:1]]

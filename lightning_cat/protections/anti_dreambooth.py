@@ -7,7 +7,8 @@ FSMG fine-tunes a surrogate with DreamBooth on the clean set first, then ascends
 ``theta`` on the current ``x'``. ``theta'`` trains in theta's own modules while theta's weights
 wait in a :class:`~lightning_cat.protections.stash.WeightStash` (``theta_stash``: ``cpu`` by
 default, ``disk``, or ``device``); the reference deep-copies UNet and text encoder every round
-and every training phase.
+and every training phase. The surrogate's optimizer states can wait off the device between its
+steps too (``optimizer_state_stash``, :class:`~lightning_cat.protections.stash.OptimizerStateStash`).
 
 Both use class-prior images (``class_images``) for prior preservation when given. Choices where
 the reference is loose: instance rows for surrogate steps continue through the set across

@@ -37,7 +37,38 @@ StashLocation = Literal["device", "cpu", "disk"]
 STASH_LOCATIONS = choices(StashLocation)
 
 
-class WeightStash:
+class _Stash:
+    """A stash ``location`` and, for ``disk``, its temporary folder (made on first use, removed by
+    :meth:`close`)."""
+
+    _prefix = "lightning-cat-stash-"
+
+    def __init__(self, location: StashLocation, directory: str | Path | None = None) -> None:
+        if location not in STASH_LOCATIONS:
+            raise ValueError(f"stash location must be one of {list(STASH_LOCATIONS)}, got {location!r}")
+        self.location = location
+        self._directory = directory
+        self._folder: Path | None = None
+
+    def _file(self, name: str) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix=self._prefix, dir=self._directory))
+        return self._folder / name
+
+    def close(self) -> None:
+        """Free the stash (removes the ``disk`` stash's folder)."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class WeightStash(_Stash):
     """One saved copy of ``modules``' state dicts, at ``location``; reusable across saves.
 
     Args:
@@ -46,11 +77,7 @@ class WeightStash:
     """
 
     def __init__(self, location: StashLocation = "cpu", directory: str | Path | None = None) -> None:
-        if location not in STASH_LOCATIONS:
-            raise ValueError(f"stash location must be one of {list(STASH_LOCATIONS)}, got {location!r}")
-        self.location = location
-        self._directory = directory
-        self._folder: Path | None = None
+        super().__init__(location, directory)
         self._saved: dict[str, dict[str, torch.Tensor]] = {}
 
     def save(self, modules: dict[str, torch.nn.Module]) -> None:
@@ -58,11 +85,9 @@ class WeightStash:
         if self.location == "disk":
             from safetensors.torch import save_file
 
-            if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="lightning-cat-stash-", dir=self._directory))
             for name, module in modules.items():
                 state = {key: value.detach().to("cpu").contiguous() for key, value in module.state_dict().items()}
-                save_file(state, self._folder / f"{name}.safetensors")
+                save_file(state, self._file(f"{name}.safetensors"))
             return
         for name, module in modules.items():
             target = self._saved.get(name)
@@ -96,17 +121,8 @@ class WeightStash:
                     state[key].copy_(value)
 
     def close(self) -> None:
-        """Free the stash (removes the ``disk`` stash's folder)."""
         self._saved.clear()
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
-
-    def __enter__(self) -> WeightStash:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()
 
 
 def _is_state_tensor(value) -> bool:
@@ -115,7 +131,7 @@ def _is_state_tensor(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0
 
 
-class OptimizerStateStash:
+class OptimizerStateStash(_Stash):
     """Moves an optimizer's per-parameter state tensors out between its steps and back before them.
 
     ``put(optimizer, parameters)`` after the step that updated ``parameters`` (their state tensors
@@ -129,12 +145,10 @@ class OptimizerStateStash:
         directory: parent folder of the ``disk`` stash's temporary folder (default: the system's).
     """
 
+    _prefix = "lightning-cat-optimizer-"
+
     def __init__(self, location: StashLocation = "device", directory: str | Path | None = None) -> None:
-        if location not in STASH_LOCATIONS:
-            raise ValueError(f"stash location must be one of {list(STASH_LOCATIONS)}, got {location!r}")
-        self.location = location
-        self._directory = directory
-        self._folder: Path | None = None
+        super().__init__(location, directory)
         # set index -> [(parameter, key, dtype, shape)] of the tensors written to that set's file
         self._on_disk: dict[int, list[tuple[torch.nn.Parameter, str, torch.dtype, torch.Size]]] = {}
         self._sets: list[list[torch.nn.Parameter]] = []
@@ -159,10 +173,8 @@ class OptimizerStateStash:
                         state[key] = value.to("cpu")
             return
         index = self._set_index(parameters)
-        if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="lightning-cat-optimizer-", dir=self._directory))
         written = []
-        with open(self._folder / f"{index}.bin", "wb") as file:
+        with open(self._file(f"{index}.bin"), "wb") as file:
             for parameter in parameters:
                 state = optimizer.state.get(parameter, {})
                 for key in [k for k, v in state.items() if _is_state_tensor(v)]:
@@ -189,16 +201,13 @@ class OptimizerStateStash:
         written = self._on_disk.pop(index, [])
         if not written:
             return
-        with open(self._folder / f"{index}.bin", "rb") as file:
+        with open(self._file(f"{index}.bin"), "rb") as file:
             for parameter, key, dtype, shape in written:
                 size = shape.numel() * torch.empty((), dtype=dtype).element_size()
                 data = torch.from_numpy(np.fromfile(file, dtype=np.uint8, count=size))
                 optimizer.state[parameter][key] = data.view(dtype).reshape(shape).to(parameter.device)
 
     def close(self) -> None:
-        """Forget what is stashed (removes the ``disk`` stash's folder)."""
         self._on_disk.clear()
         self._sets.clear()
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        super().close()

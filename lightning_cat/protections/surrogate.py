@@ -28,7 +28,7 @@ from lightning_cat.protections.base import DiffusionObjective, Objective, Protec
 from lightning_cat.protections.stash import STASH_LOCATIONS, OptimizerStateStash, StashLocation
 from lightning_cat.seeding import image_seed
 
-__all__ = ["SURROGATE_DEFAULTS", "Surrogate", "SurrogateProtection", "cross_attention_kv_parameters"]
+__all__ = ["SURROGATE_DEFAULTS", "Surrogate", "SurrogateProtection", "cross_attention_kv_parameters", "step_sets"]
 
 #: Options every surrogate-training method takes (Anti-DreamBooth reference values).
 SURROGATE_DEFAULTS: dict[str, Any] = {
@@ -55,6 +55,26 @@ def cross_attention_kv_parameters(unet: torch.nn.Module) -> list[tuple[str, torc
     if not found:
         raise ValueError("the UNet has no cross-attention to_k / to_v layers (attn2)")
     return found
+
+
+def step_sets(parameters: list[torch.nn.Parameter], count: int = 8) -> list[list[torch.nn.Parameter]]:
+    """``parameters`` in about ``count`` sets of similar size for apply_gradients' ``step_in_turn``,
+    the set holding the largest tensor (e.g. the text encoder's token embedding) last.
+
+    Each set's gradients are freed, and with an optimizer-state stash its states leave again, before
+    the next set's update, so the step holds one set's states and per-tensor temporaries besides the
+    gradients not yet applied.
+    """
+    budget = sum(p.numel() for p in parameters) / count
+    sets: list[list[torch.nn.Parameter]] = [[]]
+    size = 0
+    for parameter in parameters:
+        if sets[-1] and size + parameter.numel() > budget:
+            sets.append([])
+            size = 0
+        sets[-1].append(parameter)
+        size += parameter.numel()
+    return sorted(sets, key=lambda members: max(p.numel() for p in members))
 
 
 class Surrogate:
@@ -138,15 +158,10 @@ class Surrogate:
                 {"text_encoder": self.text_encoder} if self.trains_text_encoder else {}
             )
             self._parameters = [p for m in self.modules.values() for p in m.parameters()]
-            # The UNet's update first, the text encoder's (its token embedding is the largest tensor) once
-            # the UNet's gradients are freed (apply_gradients' step_in_turn).
-            self._step_in_turn = (
-                [list(m.parameters()) for m in self.modules.values()] if self.trains_text_encoder else None
-            )
         else:
             self.modules = {"unet": self.unet}
             self._parameters = [p for _, p in cross_attention_kv_parameters(self.unet)]
-            self._step_in_turn = None
+        self._step_in_turn = step_sets(self._parameters)
         for parameter in self._parameters:
             parameter.requires_grad_(True)
 
@@ -276,7 +291,7 @@ class Surrogate:
                 if on_step is not None:
                     on_step(step, float(loss))
             if callers:  # the caller's optimizer gets its states back (a fresh one is dropped with them)
-                for parameters in self._step_in_turn or [self._parameters]:
+                for parameters in self._step_in_turn:
                     state_stash.take(optimizer, parameters)
 
     def _train_step(
