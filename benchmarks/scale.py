@@ -459,6 +459,14 @@ _LEAN_ASPL = {
     "gradient_checkpointing": True,
 }
 
+#: Every memory option that keeps the reference's arithmetic: fp32 AdamW, theta and the optimizer's states on disk.
+_FP32_LEAN_ASPL = {
+    "prior": False,
+    "theta_stash": "disk",
+    "optimizer_state_stash": "disk",
+    "gradient_checkpointing": True,
+}
+
 LOCAL = {
     "advdm_plus/lightning_cat": lambda: protect("advdm_plus", "lightning_cat", BASE, 512),
     "advdm_plus_gc/lightning_cat": lambda: protect(
@@ -563,12 +571,22 @@ LOCAL = {
     "aspl_lean_2steps/lightning_cat": lambda: protect(
         "aspl", "lightning_cat", BASE, 512, **_LEAN_ASPL, optimizer_state_stash="disk", surrogate_steps=2
     ),
+    # The same with torch's fp32 AdamW: the reference's arithmetic.
+    "aspl_half_fp32_lean_3steps/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, **_FP32_LEAN_ASPL, surrogate_steps=3
+    ),
+    "aspl_fp32_lean_2steps/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", BASE, 512, **_FP32_LEAN_ASPL, surrogate_steps=2
+    ),
     # In processes whose allocator returns freed memory at once (RETURNS_FREED_MEMORY).
     "aspl_half_3steps_returned/baseline": lambda: protect(
         "aspl", "baseline", HALF, 512, prior=False, surrogate_steps=3
     ),
     "aspl_half_8bit_gc_3steps_returned/lightning_cat": lambda: protect(
         "aspl", "lightning_cat", HALF, 512, **_LEAN_ASPL, surrogate_steps=3
+    ),
+    "aspl_half_fp32_lean_3steps_returned/lightning_cat": lambda: protect(
+        "aspl", "lightning_cat", HALF, 512, **_FP32_LEAN_ASPL, surrogate_steps=3
     ),
     "aspl_half_lean_3steps_returned/lightning_cat": lambda: protect(
         "aspl", "lightning_cat", HALF, 512, **_LEAN_ASPL, optimizer_state_stash="disk", surrogate_steps=3
@@ -687,9 +705,12 @@ ORDER = [
     "fsmg_8bit_2steps/lightning_cat",
     "aspl_half_lean_3steps/lightning_cat",
     "aspl_lean_2steps/lightning_cat",
+    "aspl_half_fp32_lean_3steps/lightning_cat",
+    "aspl_fp32_lean_2steps/lightning_cat",
     "aspl_half_3steps_returned/baseline",
     "aspl_half_8bit_gc_3steps_returned/lightning_cat",
     "aspl_half_lean_3steps_returned/lightning_cat",
+    "aspl_half_fp32_lean_3steps_returned/lightning_cat",
     "vae_encoder_backward/blocks",
     "vae_encoder_backward/layers",
     "vae_encoder_backward_returned/blocks",

@@ -38,7 +38,9 @@ PROCESS_MB = 880
 #: measurement -> (what it runs, frozen parameters, trained parameters, baseline measurement[,
 #: bytes held per trained parameter: 16 = fp32 weights, gradients and AdamW's two states (the
 #: default); 10 with 8-bit AdamW (4 + 4 + 2); 20 with a second weight copy on the device (ASPL's
-#: theta'); 24 for ASPL's reference loop (the loaded model, its round copy, the phase's copy)])
+#: theta'); 24 for ASPL's reference loop (the loaded model, its round copy, the phase's copy); with
+#: the optimizer-state stash weights and gradients plus one of about eight sets' states: 8.25
+#: (8-bit AdamW), 9 (fp32 AdamW)])
 STAGES = {
     "advdm_plus/lightning_cat": ("AdvDM+ 1 PGD step, 512 px, 1 image", ALL, 0, "advdm_plus/baseline"),
     "advdm_plus_gc/lightning_cat": (
@@ -115,7 +117,21 @@ STAGES = {
         VAE,
         HALF_UNET + HALF_TEXT,
         "aspl_half_3steps/baseline",
-        10,
+        8.25,
+    ),
+    "aspl_half_fp32_lean_3steps/lightning_cat": (
+        "ASPL half-width, fp32 AdamW (the reference's), theta and optimizer states on disk, checkpointing, 3 surrogate steps per phase",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half_3steps/baseline",
+        9,
+    ),
+    "aspl_fp32_lean_2steps/lightning_cat": (
+        "ASPL full size, fp32 AdamW, theta and optimizer states on disk, checkpointing, 2 surrogate steps per phase",
+        VAE,
+        UNET + TEXT,
+        None,
+        9,
     ),
     "aspl_half_3steps_returned/baseline": (
         "ASPL reference loop, half-width, 3 surrogate steps per phase; freed memory returned at once",
@@ -136,14 +152,21 @@ STAGES = {
         VAE,
         HALF_UNET + HALF_TEXT,
         "aspl_half_3steps_returned/baseline",
-        10,
+        8.25,
+    ),
+    "aspl_half_fp32_lean_3steps_returned/lightning_cat": (
+        "ASPL half-width as aspl_half_fp32_lean_3steps; freed memory returned at once",
+        VAE,
+        HALF_UNET + HALF_TEXT,
+        "aspl_half_3steps_returned/baseline",
+        9,
     ),
     "aspl_lean_2steps/lightning_cat": (
         "ASPL full size, theta on disk, 8-bit AdamW, checkpointing, optimizer states on disk, 2 surrogate steps per phase",
         VAE,
         UNET + TEXT,
         None,
-        10,
+        8.25,
     ),
     "vae_encoder_backward/blocks": (
         "VAE encoder forward + backward to the pixels, 512 px, diffusers' per-block checkpoints",
