@@ -47,7 +47,9 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
             vae.encoder.gradient_checkpointing is checkpointing and vae.decoder.gradient_checkpointing is checkpointing
         )
         calls = []
-        vae.encoder.down_blocks[0].resnets[0].conv1.register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
+        vae.encoder.down_blocks[0].resnets[0].conv1.register_forward_pre_hook(
+            lambda *args, calls=calls: calls.append(1)
+        )
         results[checkpointing] = _loss_and_gradients(module, images)
         forward_calls[checkpointing] = len(calls)
     # checkpointing re-runs the block's layers in the backward pass: it is really on

@@ -208,9 +208,9 @@ def test_optimizer_state_stash_changes_memory_not_results(tiny, clean, optimizer
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     options = dict(FAST["aspl"], iterations=2, surrogate_steps=2, surrogate_optimizer=optimizer)
     results = {
-        location: build_protection("aspl", tiny, show_progress=False, optimizer_state_stash=location, **options).protect(
-            clean, KEYS, seed=5, class_images=clean.flip(-1)
-        )
+        location: build_protection(
+            "aspl", tiny, show_progress=False, optimizer_state_stash=location, **options
+        ).protect(clean, KEYS, seed=5, class_images=clean.flip(-1))
         for location in ("device", "cpu", "disk")
     }
     assert torch.equal(results["cpu"], results["device"]) and torch.equal(results["disk"], results["device"])

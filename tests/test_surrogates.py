@@ -100,7 +100,12 @@ def test_metacloak_trains_on_the_protected_set_in_the_chosen_range(
 
 def test_step_sets_split_the_trained_parameters_once_each_with_the_largest_tensor_last(tiny):
     surrogate = Surrogate(
-        tiny, copy=True, train_text_encoder=True, prompt="a photo of sks person", class_prompt="a photo of person", lr=1e-5
+        tiny,
+        copy=True,
+        train_text_encoder=True,
+        prompt="a photo of sks person",
+        class_prompt="a photo of person",
+        lr=1e-5,
     )
     parameters = surrogate.parameters()
     sets = step_sets(parameters, count=8)
@@ -111,3 +116,33 @@ def test_step_sets_split_the_trained_parameters_once_each_with_the_largest_tenso
     assert any(p is largest for p in sets[-1])
     assert surrogate._step_in_turn == sets  # what the surrogate's training steps use
     assert step_sets(parameters[:1], count=8) == [parameters[:1]]
+
+
+def test_a_given_optimizer_gets_its_states_back_from_the_disk_stash(tiny, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    results = {}
+    for location in ("device", "disk"):
+        surrogate = Surrogate(
+            tiny,
+            copy=True,
+            train_text_encoder=True,
+            prompt="a photo of sks person",
+            class_prompt="a photo of person",
+            lr=1e-3,
+            generator=torch.Generator().manual_seed(0),
+            state_stash=location,
+        )
+        instances = surrogate.encode(images)
+        optimizer = surrogate.optimizer()
+        surrogate.train(instances, None, 2, optimizer=optimizer)  # its states come back after the call
+        states = [v.clone() for state in optimizer.state.values() for v in state.values() if v.dim() > 0]
+        surrogate.train(instances, None, 1, optimizer=optimizer)  # and carry on into the next call
+        results[location] = (states, [p.detach().clone() for p in surrogate.parameters()])
+        assert list(tmp_path.iterdir()) == []
+    (states, weights), (disk_states, disk_weights) = results["device"], results["disk"]
+    assert len(states) == 2 * len(weights) and all(torch.equal(a, b) for a, b in zip(states, disk_states, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(weights, disk_weights, strict=True))

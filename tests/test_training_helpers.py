@@ -11,8 +11,8 @@ from lightning_cat.diffusion import (
     diffusion_loss,
     encode_latents,
     encode_prompts,
-    layerwise_checkpoint,
     latent_distribution,
+    layerwise_checkpoint,
     load_components,
     sample_noise_and_timesteps,
     snr_weights,
@@ -142,7 +142,9 @@ def test_layerwise_checkpoint_recomputes_vae_blocks_layer_by_layer_with_the_same
     for mode in ("off", "blocks", "layers"):
         counts = dict.fromkeys(watched, 0)
         hooks = [
-            module.register_forward_pre_hook(lambda *_, name=name, counts=counts: counts.update({name: counts[name] + 1}))
+            module.register_forward_pre_hook(
+                lambda *_, name=name, counts=counts: counts.update({name: counts[name] + 1})
+            )
             for name, module in watched.items()
         ]
         x = images.clone().requires_grad_(True)

@@ -1,11 +1,11 @@
 """Gradient checkpointing switched on for a block of work and back off after it.
 
 diffusers' VAE checkpoints each encoder and decoder *block* as one piece, so the backward pass
-recomputes a whole block at once: at 512 px the first encoder block (two ResNet blocks of 128
-channels at full resolution) holds about ten 134 MB activations during its recomputation, the
-largest activation memory of a PGD step through the VAE. :func:`layerwise_checkpoint` splits such
-blocks into their ResNet blocks and resamplers, each checkpointed on its own: the same gradients,
-with about half the recomputation peak (see benchmarks/scale.md, sixth sitting).
+recomputes a whole block at once; at 512 px the first encoder block (two ResNet blocks of 128
+channels at full resolution) is then the largest activation memory of a PGD step through the VAE.
+:func:`layerwise_checkpoint` splits such blocks into their ResNet blocks and resamplers, each
+checkpointed on its own: the same gradients, and the SD VAE encoder's forward and backward pass at
+512 px needs 1.62 GiB above the process instead of 2.46 GiB (benchmarks/scale.md, sixth sitting).
 """
 
 from __future__ import annotations

@@ -283,14 +283,14 @@ class Surrogate:
         """
         if steps <= 0:
             return
-        callers = optimizer is not None
-        optimizer = optimizer if callers else self.optimizer()
+        given = optimizer is not None
+        optimizer = optimizer if given else self.optimizer()
         with contextlib.closing(OptimizerStateStash(self.state_stash)) as state_stash:
             for step in range(steps):
                 loss = self._train_step(instances, class_set, optimizer, state_stash)
                 if on_step is not None:
                     on_step(step, float(loss))
-            if callers:  # the caller's optimizer gets its states back (a fresh one is dropped with them)
+            if given:  # the caller's optimizer gets its states back (a fresh one is dropped with them)
                 for parameters in self._step_in_turn:
                     state_stash.take(optimizer, parameters)
 
