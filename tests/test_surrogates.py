@@ -98,15 +98,20 @@ def test_metacloak_trains_on_the_protected_set_in_the_chosen_range(
     assert max(x.max().item() for x in instance) > (100 if input_range == "0-255" else 0.5)
 
 
-def test_step_sets_split_the_trained_parameters_once_each_with_the_largest_tensor_last(tiny):
-    surrogate = Surrogate(
+def _person_surrogate(tiny, **options) -> Surrogate:
+    """A copied UNet + text-encoder surrogate with the Anti-DreamBooth prompts."""
+    return Surrogate(
         tiny,
         copy=True,
         train_text_encoder=True,
         prompt="a photo of sks person",
         class_prompt="a photo of person",
-        lr=1e-5,
+        **{"lr": 1e-5} | options,
     )
+
+
+def test_step_sets_split_the_trained_parameters_once_each_with_the_largest_tensor_last(tiny):
+    surrogate = _person_surrogate(tiny)
     parameters = surrogate.parameters()
     sets = step_sets(parameters, count=8)
     members = [p for members in sets for p in members]
@@ -126,16 +131,7 @@ def test_a_given_optimizer_gets_its_states_back_from_the_disk_stash(tiny, tmp_pa
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     results = {}
     for location in ("device", "disk"):
-        surrogate = Surrogate(
-            tiny,
-            copy=True,
-            train_text_encoder=True,
-            prompt="a photo of sks person",
-            class_prompt="a photo of person",
-            lr=1e-3,
-            generator=torch.Generator().manual_seed(0),
-            state_stash=location,
-        )
+        surrogate = _person_surrogate(tiny, lr=1e-3, generator=torch.Generator().manual_seed(0), state_stash=location)
         instances = surrogate.encode(images)
         optimizer = surrogate.optimizer()
         surrogate.train(instances, None, 2, optimizer=optimizer)  # its states come back after the call

@@ -131,6 +131,15 @@ def _is_state_tensor(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0
 
 
+def _move_states(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], to_host: bool) -> None:
+    """Move the state tensors of ``parameters`` to host memory or back to each parameter's device."""
+    for parameter in parameters:
+        state = optimizer.state.get(parameter, {})
+        for key, value in state.items():
+            if _is_state_tensor(value):
+                state[key] = value.to("cpu" if to_host else parameter.device)
+
+
 class OptimizerStateStash(_Stash):
     """Moves an optimizer's per-parameter state tensors out between its steps and back before them.
 
@@ -166,11 +175,7 @@ class OptimizerStateStash(_Stash):
             return
         parameters = list(parameters)
         if self.location == "cpu":
-            for parameter in parameters:
-                state = optimizer.state.get(parameter, {})
-                for key, value in state.items():
-                    if _is_state_tensor(value):
-                        state[key] = value.to("cpu")
+            _move_states(optimizer, parameters, to_host=True)
             return
         index = self._set_index(parameters)
         written = []
@@ -191,11 +196,7 @@ class OptimizerStateStash(_Stash):
             return
         parameters = list(parameters)
         if self.location == "cpu":
-            for parameter in parameters:
-                state = optimizer.state.get(parameter, {})
-                for key, value in state.items():
-                    if _is_state_tensor(value):
-                        state[key] = value.to(parameter.device)
+            _move_states(optimizer, parameters, to_host=False)
             return
         index = self._set_index(parameters)
         written = self._on_disk.pop(index, [])
