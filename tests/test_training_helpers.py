@@ -170,6 +170,18 @@ def test_layerwise_checkpoint_recomputes_vae_blocks_layer_by_layer_with_the_same
     assert calls["layers"] == {"down": 1, "down_conv": 2, "up": 1, "up_conv": 2}  # only their layers do
     layers = [*down.resnets, *down.downsamplers, *up.resnets]
     assert not any("forward" in layer.__dict__ for layer in layers)  # the layers' own forward is back
+    # a forward set on the instance before (e.g. by a hook) is put back, not dropped
+    resnet = down.resnets[0]
+    resnet.forward = wrapped = lambda *args, **kwargs: type(resnet).forward(resnet, *args, **kwargs)
+    x = images.clone().requires_grad_(True)
+    try:
+        vae.enable_gradient_checkpointing(layerwise_checkpoint)
+        (gradient,) = torch.autograd.grad(vae.encode(x).latent_dist.mean.square().mean(), x)
+    finally:
+        vae.disable_gradient_checkpointing()
+    assert resnet.__dict__.get("forward") is wrapped
+    del resnet.forward
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
 
 
 def _two_sets(seed: int = 0):

@@ -36,6 +36,7 @@ def _sequential_layers(block: torch.nn.Module) -> list[torch.nn.Module] | None:
 def _each_checkpointed(layers: list[torch.nn.Module]) -> Iterator[None]:
     """Inside the block, each of ``layers`` runs under its own checkpoint (its forward hooks still run
     once; its sub-modules run again in the backward pass)."""
+    own = {id(layer): layer.__dict__.get("forward") for layer in layers}  # e.g. a hook's wrapper
     for layer in layers:
         forward = layer.forward
 
@@ -47,7 +48,10 @@ def _each_checkpointed(layers: list[torch.nn.Module]) -> Iterator[None]:
         yield
     finally:
         for layer in layers:
-            del layer.forward  # back to the class's forward
+            if own[id(layer)] is None:
+                del layer.forward  # back to the class's forward
+            else:
+                layer.forward = own[id(layer)]
 
 
 def layerwise_checkpoint(block: torch.nn.Module, *args) -> torch.Tensor:
